@@ -1,0 +1,126 @@
+"""Command line: ``emomc-onnx inspect|prune|quantize|profile|compress|select``.
+
+Thin: parse options, call :mod:`emomc_onnx.api`, print. User errors (EmomcError) print one
+line ``error: ...`` and exit with code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+import click
+from rich.console import Console
+
+from emomc_onnx.errors import EmomcError
+
+__all__ = ["main"]
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 300)
+
+
+def _handle_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EmomcError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+def _model_arg(model: str | None, demo: bool) -> str:
+    if demo:
+        from emomc_onnx.api import demo_paths
+
+        return str(demo_paths()[0])
+    if not model:
+        raise EmomcError("give a MODEL path, or --demo for the embedded demo model")
+    return model
+
+
+def _data_arg(data: str | None, demo: bool) -> str | None:
+    if data is None and demo:
+        from emomc_onnx.api import demo_paths
+
+        return str(demo_paths()[1])
+    return data
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME:D0,D1,...",
+    help="Fix a dynamic input shape for analysis and costing (repeatable).",
+)
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="emomc-onnx")
+def main(verbose: int) -> None:
+    """Evolutionary multi-objective compression of ONNX models (EMOMC)."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--demo", is_flag=True, help="Use the embedded demo model.")
+@click.option("--json", "as_json", is_flag=True, help="Write JSON to stdout instead of tables.")
+@input_shape_option
+@_handle_errors
+def inspect(model: str | None, demo: bool, as_json: bool, input_shapes: tuple[str, ...]) -> None:
+    """Layers, MACs, parameters and channel-dependency groups of MODEL."""
+    from emomc_onnx import api
+    from emomc_onnx.report import render_analysis
+
+    analysis = api.analyze(_model_arg(model, demo), input_shapes=input_shapes)
+    if as_json:
+        click.echo(json.dumps(analysis.to_dict(), indent=2))
+    else:
+        render_analysis(analysis, console)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
+@click.option("--ratio", type=float, default=None, help="Fraction of channels removed from every prunable group.")
+@click.option("--sparsity", type=float, default=None, help="Fraction of weights zeroed per layer (fine-grained).")
+@click.option("--pattern", type=click.Choice(["unstructured", "nm", "block"]), default="unstructured",
+              show_default=True, help="Fine-grained sparsity pattern.")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "activation"]), default="l1", show_default=True)
+@click.option("--recovery", type=click.Choice(["none", "bias", "lsq"]), default="none", show_default=True,
+              help="Training-free recovery (needs --data).")
+@click.option("--multiple", type=int, default=8, show_default=True, help="Channel multiple kept per group.")
+@click.option("--data", type=click.Path(), default=None, help=".npz with one array per model input (+ labels).")
+@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("-o", "--output", type=click.Path(), required=True, help="Output .onnx path.")
+@input_shape_option
+@_handle_errors
+def prune(model, demo, ratio, sparsity, pattern, criterion, recovery, multiple, data, calib_samples,
+          output, input_shapes) -> None:
+    """Prune MODEL with one uniform plan and write the smaller model."""
+    from emomc_onnx import api
+
+    if ratio is None and sparsity is None:
+        raise EmomcError("give --ratio (channels) and/or --sparsity (weights)")
+    summary = api.prune(
+        _model_arg(model, demo), output, ratio=ratio or 0.0, sparsity=sparsity, pattern=pattern,
+        criterion=criterion, recovery=recovery, multiple=multiple, data=_data_arg(data, demo),
+        calib_samples=calib_samples, input_shapes=input_shapes,
+    )
+    from emomc_onnx.report import render_before_after
+
+    render_before_after(summary, console)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,255 @@
+"""Training-free recovery after channel pruning: bias compensation and least squares.
+
+Both use calibration activations of the *original* model:
+
+- ``bias``: each removed input channel's expected contribution ``W[:, c] * E[x_c]`` is folded
+  into the consumer's bias (Conv, Gemm; a bias is created if missing).
+- ``lsq``: each consumer's remaining input weights (and bias) are re-fitted by ridge
+  regression so that its output on calibration data matches the original layer's output
+  (ThiNet / He et al. 2017 style), from at most ``max_rows`` sampled rows (pixels or tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from emomc_onnx.analysis import Analysis, Layer
+from emomc_onnx.passes.channel_pruning import (
+    PruningPlan,
+    _new_const,
+    apply_keep_mask,
+    group_importance,
+    select_channels,
+)
+
+__all__ = ["collect_tensors", "activation_means", "prune_with_recovery", "RECOVERIES"]
+
+logger = logging.getLogger(__name__)
+
+RECOVERIES = ("none", "bias", "lsq")
+
+
+def collect_tensors(
+    proto: onnx.ModelProto,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    tensors: list[str],
+    reducer,
+) -> None:
+    """Run ``proto`` on ``batches`` exposing ``tensors``; call ``reducer(name, array)`` per batch."""
+    import onnxruntime as ort
+
+    if not tensors:
+        return
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    existing = {o.name for o in m.graph.output}
+    for name in tensors:
+        if name not in existing:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    for feed in batches:
+        outs = sess.run(tensors, dict(feed))
+        for name, arr in zip(tensors, outs):
+            reducer(name, arr)
+
+
+def _feature_axis(layer: Layer, ndim: int) -> int:
+    return ndim - 1 if layer.op_type == "MatMul" else 1
+
+
+def activation_means(
+    proto: onnx.ModelProto, batches: Iterable[Mapping[str, np.ndarray]], layers: list[Layer],
+    absolute: bool = False,
+) -> dict[str, np.ndarray]:
+    """Mean (or mean |x|) per feature of each layer's input tensor over calibration data."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    axis_of = {layer.input: layer for layer in layers}
+
+    def reduce(name: str, arr: np.ndarray) -> None:
+        ax = _feature_axis(axis_of[name], arr.ndim)
+        a = np.abs(arr) if absolute else arr
+        moved = np.moveaxis(a, ax, -1).reshape(-1, a.shape[ax]).astype(np.float64)
+        sums[name] = sums.get(name, 0) + moved.sum(axis=0)
+        counts[name] = counts.get(name, 0) + moved.shape[0]
+
+    collect_tensors(proto, batches, sorted(axis_of), reduce)
+    return {k: sums[k] / max(counts[k], 1) for k in sums}
+
+
+def _weight_as_out_in(layer: Layer, w: np.ndarray, trans_b: int) -> np.ndarray:
+    """Weight as [out, in, k...] regardless of op conventions."""
+    if layer.op_type == "Conv":
+        return w
+    if layer.op_type == "Gemm":
+        return w if trans_b else w.T
+    return w.T  # MatMul [K, N]
+
+
+def _from_out_in(layer: Layer, w_oi: np.ndarray, trans_b: int) -> np.ndarray:
+    if layer.op_type == "Conv":
+        return w_oi
+    if layer.op_type == "Gemm":
+        return w_oi if trans_b else w_oi.T
+    return w_oi.T
+
+
+def _consumer_masks(analysis: Analysis, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Layer name -> input-feature keep mask, for layers that lose inputs."""
+    out = {}
+    names = {layer.name for layer in analysis.layers}
+    for rec in analysis.graph.records:
+        if rec.kind == "in" and rec.node in names:
+            mask = keep[rec.ids]
+            if not mask.all():
+                out[rec.node] = mask
+    return out
+
+
+def _ensure_bias(model: ir.Model, node: ir.Node, n_out: int, dtype) -> ir.Value:
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        return node.inputs[2]
+    bias = _new_const(model, f"{node.name}_bias", np.zeros(n_out, dtype=dtype))
+    node.resize_inputs(3)
+    node.replace_input_with(2, bias)
+    return bias
+
+
+def _bias_compensation(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
+                       means: Mapping[str, np.ndarray]) -> None:
+    nodes = {n.name: n for n in model.graph}
+    for layer in analysis.layers:
+        mask = masks.get(layer.name)
+        if mask is None or layer.op_type not in ("Conv", "Gemm") or layer.groups != 1:
+            continue
+        node = nodes[layer.name]
+        trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
+        w = node.inputs[1].const_value.numpy()
+        w_oi = _weight_as_out_in(layer, w, trans_b).astype(np.float64)
+        w_sum = w_oi.reshape(w_oi.shape[0], w_oi.shape[1], -1).sum(axis=2)
+        mean = means[layer.input]
+        delta = w_sum[:, ~mask] @ mean[~mask]
+        bias = _ensure_bias(model, node, w_oi.shape[0], w.dtype)
+        b = bias.const_value.numpy().astype(np.float64)
+        bias.const_value = ir.tensor((b + delta.reshape(b.shape)).astype(w.dtype), name=bias.name)
+
+
+def _im2col_rows(x: np.ndarray, node: ir.Node, kernel: tuple[int, ...], rng: np.random.Generator,
+                 n_rows: int) -> np.ndarray:
+    """Sample ``n_rows`` receptive fields of a 2-D Conv input as rows [Cin*kh*kw]."""
+    def attr(name, default):
+        return list(node.attributes[name].value) if name in node.attributes else default
+
+    kh, kw = kernel
+    pads = attr("pads", [0, 0, 0, 0])
+    strides = attr("strides", [1, 1])
+    dil = attr("dilations", [1, 1])
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    eh, ew = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]  # N,C,Ho,Wo,kh,kw
+    n, c, ho, wo = win.shape[:4]
+    total = n * ho * wo
+    pick = rng.choice(total, size=min(n_rows, total), replace=False)
+    ni, rest = np.divmod(pick, ho * wo)
+    hi, wi = np.divmod(rest, wo)
+    return win[ni, :, hi, wi].reshape(len(pick), c * kh * kw)
+
+
+def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
+         original: onnx.ModelProto, batches: list[Mapping[str, np.ndarray]], max_rows: int,
+         ridge: float, seed: int) -> None:
+    nodes = {n.name: n for n in model.graph}
+    targets = [layer for layer in analysis.layers
+               if layer.name in masks and layer.groups == 1 and layer.op_type in ("Conv", "Gemm", "MatMul")
+               and (layer.op_type != "Conv" or "auto_pad" not in nodes[layer.name].attributes
+                    or nodes[layer.name].attributes["auto_pad"].value == "NOTSET")]
+    if not targets:
+        return
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[np.ndarray]] = {layer.input: [] for layer in targets}
+    by_input = {layer.input: layer for layer in targets}
+    per_batch = max(1, max_rows // max(len(batches), 1))
+
+    def reduce(name: str, arr: np.ndarray) -> None:
+        layer = by_input[name]
+        if layer.op_type == "Conv":
+            rows[name].append(_im2col_rows(arr.astype(np.float64), nodes[layer.name],
+                                           layer.kernel, rng, per_batch))
+        else:
+            flat = arr.reshape(-1, arr.shape[-1]).astype(np.float64)
+            pick = rng.choice(len(flat), size=min(per_batch, len(flat)), replace=False)
+            rows[name].append(flat[pick])
+
+    collect_tensors(original, batches, sorted(rows), reduce)
+    for layer in targets:
+        node = nodes[layer.name]
+        x = np.concatenate(rows[layer.input])
+        trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
+        w = node.inputs[1].const_value.numpy()
+        w_oi = _weight_as_out_in(layer, w, trans_b).astype(np.float64)
+        cout = w_oi.shape[0]
+        w2 = w_oi.reshape(cout, -1)
+        k = int(np.prod(w_oi.shape[2:])) if w_oi.ndim > 2 else 1
+        col_mask = np.repeat(masks[layer.name], k)
+        y = x @ w2.T  # the original layer's pre-bias output
+        xk = np.concatenate([x[:, col_mask], np.ones((len(x), 1))], axis=1)
+        gram = xk.T @ xk
+        lam = ridge * np.trace(gram) / gram.shape[0]
+        reg = lam * np.eye(gram.shape[0])
+        reg[-1, -1] = 0.0
+        sol = np.linalg.solve(gram + reg, xk.T @ y)  # [kept+1, out]
+        new_w2 = w2.copy()
+        new_w2[:, col_mask] = sol[:-1].T
+        new_w2[:, ~col_mask] = 0.0
+        node.inputs[1].const_value = ir.tensor(
+            _from_out_in(layer, new_w2.reshape(w_oi.shape), trans_b).astype(w.dtype), name=node.inputs[1].name)
+        shift = sol[-1]
+        if layer.op_type == "MatMul":
+            if np.abs(shift).max() > 0:
+                logger.info("lsq: MatMul %s has no bias to take the intercept", layer.name)
+            continue
+        bias = _ensure_bias(model, node, cout, w.dtype)
+        b = bias.const_value.numpy().astype(np.float64)
+        bias.const_value = ir.tensor((b + shift.reshape(b.shape)).astype(w.dtype), name=bias.name)
+
+
+def prune_with_recovery(
+    model: ir.Model,
+    analysis: Analysis,
+    plan: PruningPlan,
+    recovery: str = "none",
+    original: onnx.ModelProto | None = None,
+    batches: list[Mapping[str, np.ndarray]] | None = None,
+    max_rows: int = 4096,
+    ridge: float = 1e-3,
+    seed: int = 0,
+) -> np.ndarray:
+    """Prune ``model`` in place (recovering as asked) and return the id keep mask."""
+    if recovery not in RECOVERIES:
+        raise ValueError(recovery)
+    importance = group_importance(model, analysis, plan.criterion, plan.activations)
+    keep = select_channels(analysis, plan, importance)
+    if keep.all():
+        return keep
+    masks = _consumer_masks(analysis, keep)
+    if recovery != "none" and masks:
+        if original is None or not batches:
+            from emomc_onnx.errors import DataError
+
+            raise DataError(f"recovery {recovery!r} needs calibration data (--data)")
+        if recovery == "bias":
+            means = activation_means(original, batches, [lay for lay in analysis.layers if lay.name in masks])
+            _bias_compensation(model, analysis, masks, means)
+        else:
+            _lsq(model, analysis, masks, original, batches, max_rows, ridge, seed)
+    apply_keep_mask(model, analysis, keep)
+    return keep
