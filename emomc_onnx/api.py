@@ -109,3 +109,28 @@ def prune(
     io.save_model(proto, output)
     return {"title": f"prune {pathlib.Path(str(model)).name}", "before": before_d, "after": after_d,
             "output": str(output)}
+
+
+def profile(
+    model: str | os.PathLike[str],
+    profile_name: str,
+    *,
+    dataflow: str | None = None,
+    coding: str | None = None,
+    compare: bool = False,
+    input_shapes=None,
+):
+    """Energy and coded size of a float or QDQ model; every dataflow with ``compare``."""
+    from emomc_onnx.cost import load_profile
+    from emomc_onnx.costing import cost_layers
+    from emomc_onnx.cost import compare_dataflows, model_cost
+
+    prof = load_profile(profile_name)
+    raw = io._read_proto(pathlib.Path(model))
+    shapes = _shapes(input_shapes)
+    if shapes:
+        io._fix_input_shapes(raw, shapes, str(model))
+    layers = cost_layers(raw, prof)
+    if compare:
+        return compare_dataflows(layers, prof, coding=coding)
+    return model_cost(layers, prof, dataflow, coding)

@@ -122,5 +122,32 @@ def prune(model, demo, ratio, sparsity, pattern, criterion, recovery, multiple, 
     render_before_after(summary, console)
 
 
+@main.command()
+@click.argument("model", required=False)
+@click.option("--demo", is_flag=True, help="Use the embedded demo model.")
+@click.option("--profile", "profile_name", default="eyeriss", show_default=True,
+              help="Hardware profile: a shipped name or a YAML path.")
+@click.option("--dataflow", default=None, help="Dataflow (default: the profile's first).")
+@click.option("--coding", default=None, help="Weight coding scheme (default: the profile's first; auto = best per layer).")
+@click.option("--compare", is_flag=True, help="Every dataflow of the profile side by side.")
+@click.option("--json", "as_json", is_flag=True, help="JSON to stdout.")
+@input_shape_option
+@_handle_errors
+def profile(model, demo, profile_name, dataflow, coding, compare, as_json, input_shapes) -> None:
+    """Energy (per layer, per memory level) and coded size of MODEL on a hardware profile."""
+    from emomc_onnx import api
+    from emomc_onnx.cost import render, render_comparison, to_dict
+
+    result = api.profile(_model_arg(model, demo), profile_name, dataflow=dataflow, coding=coding,
+                         compare=compare, input_shapes=input_shapes)
+    if as_json:
+        data = {k: to_dict(v) for k, v in result.items()} if compare else to_dict(result)
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif compare:
+        render_comparison(result, console)
+    else:
+        render(result, console)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

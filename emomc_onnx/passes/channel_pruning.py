@@ -281,3 +281,38 @@ def prune_model(model: ir.Model, plan: PruningPlan, analysis: Analysis | None = 
     """Apply a plan to ``model`` in place and return it."""
     ChannelPruningPass(plan, analysis)(model)
     return model
+
+
+def predict_layers(analysis: Analysis, keep: np.ndarray) -> list:
+    """The layers a keep mask would leave, computed from the analysis without building.
+
+    Returns new ``Layer`` objects with pruned channel counts, MACs and params; the pruning
+    tests check these against the analysis of the really pruned model.
+    """
+    in_kept: dict[str, int] = {}
+    out_kept: dict[str, int] = {}
+    for rec in analysis.graph.records:
+        if rec.kind == "in":
+            in_kept[rec.node] = int(keep[rec.ids].sum())
+        elif rec.kind == "out":
+            out_kept[rec.node] = int(keep[rec.ids].sum())
+    result = []
+    for lay in analysis.layers:
+        cin = in_kept.get(lay.name, lay.in_channels)
+        cout = out_kept.get(lay.name, lay.out_channels)
+        if lay.is_depthwise:
+            cin = cout
+            groups = cout
+        else:
+            groups = lay.groups
+        macs = lay.macs * (cin / lay.in_channels) * (cout / lay.out_channels)
+        if lay.is_depthwise:
+            macs = lay.macs * cout / lay.out_channels
+        w_params = (lay.params - (lay.out_channels if lay.bias else 0))
+        w_new = w_params * (cin / lay.in_channels) * (cout / lay.out_channels)
+        if lay.is_depthwise:
+            w_new = w_params * cout / lay.out_channels
+        params = int(round(w_new)) + (cout if lay.bias else 0)
+        result.append(dataclasses.replace(lay, in_channels=cin, out_channels=cout, groups=groups,
+                                          macs=int(round(macs)), params=params))
+    return result

@@ -1,0 +1,270 @@
+"""The concrete ONNX evaluator: a compression plan -> a deployable model -> its objectives.
+
+This joins the passes (channel pruning with bias compensation, fine-grained sparsity, QDQ
+quantization), ONNX Runtime evaluation and the cost model behind the search's
+``Evaluator`` protocol, so the search itself only sees plans and objectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from emomc_onnx import io
+from emomc_onnx.analysis import Analysis, analyze
+from emomc_onnx.errors import DataError
+
+__all__ = ["EvaluatorConfig", "OnnxEvaluator", "make_space", "weight_codes"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+    """Everything a worker needs to rebuild the evaluator (picklable)."""
+
+    model: str
+    profile: str
+    data: str | None = None
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    dataflow: str | None = None
+    coding: str | None = None
+    metric: str | None = None
+    eval_samples: int = 1000
+    calib_samples: int = 256
+    calibration: str = "minmax"
+    recovery: str = "bias"
+    seed: int = 0
+    threads: int = 1
+    batch_size: int = 256
+
+    def __call__(self) -> OnnxEvaluator:
+        return OnnxEvaluator(self)
+
+
+def weight_codes(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Weight name -> stored integer codes for weights behind a DequantizeLinear."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            out[node.output[0]] = onnx.numpy_helper.to_array(inits[node.input[0]])
+    return out
+
+
+class OnnxEvaluator:
+    """Builds and measures candidates for one model, data set and hardware profile."""
+
+    def __init__(self, config: EvaluatorConfig) -> None:
+        from emomc_onnx.cost import load_profile
+        from emomc_onnx.evaluate.data import input_specs, load_data, synthetic_data
+        from emomc_onnx.evaluate.metrics import resolve_metric
+        from emomc_onnx.evaluate.session import make_session, run_batched
+        from emomc_onnx.passes.recovery import activation_means
+
+        self.config = config
+        self.loaded = io.load_model(config.model, dict(config.input_shapes) or None)
+        self.analysis: Analysis = analyze(self.loaded.model)
+        self.original = self.loaded.proto()
+        self.profile = load_profile(config.profile)
+        specs = input_specs(self.original)
+        if config.data:
+            ds = load_data(config.data)
+            ds.check(specs)
+            data_hash = hashlib.sha256(open(config.data, "rb").read()).hexdigest()
+        else:
+            shapes = dict(config.input_shapes)
+            ds = synthetic_data(self.original, config.eval_samples + config.calib_samples, config.seed,
+                                shapes=shapes) if shapes else synthetic_data(
+                self.original, config.eval_samples + config.calib_samples, config.seed)
+            data_hash = f"synthetic-{config.seed}"
+        n = len(ds)
+        calib_n = min(config.calib_samples, max(1, n // 4))
+        calib, rest = ds.split(calib=calib_n, eval=None, seed=config.seed)
+        self.calib_batches = list(calib.batches(64))
+        self.full = rest
+        self.search = rest.subset(min(config.eval_samples, len(rest)), config.seed)
+        self._data_hash = data_hash
+        self._run = run_batched
+        self._make_session = make_session
+        ref_sess = make_session(self.original, threads=config.threads)
+        self.reference = {
+            "search": run_batched(ref_sess, self.search, config.batch_size),
+            "full": run_batched(ref_sess, self.full, config.batch_size),
+        }
+        out0 = self.reference["full"][0]
+        is_classifier = out0.ndim == 2 and out0.shape[1] > 1
+        self.metric = resolve_metric(config.metric, has_labels=self.full.labels is not None,
+                                     is_classifier=is_classifier)
+        self.means = (activation_means(self.original, self.calib_batches, self.analysis.layers)
+                      if config.recovery == "bias" else None)
+        self._ranges_cache: dict[str, dict] = {}
+        self._baseline = None
+
+    # ---- identity --------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        cfg = dataclasses.asdict(self.config)
+        cfg.pop("threads", None)
+        blob = json.dumps([self.loaded.sha256, self.profile.sha256, self._data_hash, cfg], sort_keys=True,
+                          default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # ---- building --------------------------------------------------------------------
+    def _pruned_float(self, plan) -> io.ir.Model:
+        from emomc_onnx.passes.channel_pruning import PruningPlan, apply_keep_mask, group_importance, select_channels
+        from emomc_onnx.passes.recovery import _bias_compensation, _consumer_masks
+
+        model = io.clone(self.loaded.model)
+        keep_plan = PruningPlan(keep=dict(plan.keep))
+        if any(k < g.channels for g in self.analysis.groups for gid, k in keep_plan.keep.items() if gid == g.id):
+            importance = group_importance(model, self.analysis, "l1")
+            keep = select_channels(self.analysis, keep_plan, importance)
+            if self.means is not None:
+                masks = _consumer_masks(self.analysis, keep)
+                _bias_compensation(model, self.analysis, masks, self.means)
+            apply_keep_mask(model, self.analysis, keep)
+        return model
+
+    def build(self, plan) -> onnx.ModelProto:
+        """The deployable model for a plan (float if the plan has no bit widths)."""
+        from emomc_onnx.passes.sparsity import SparsityPlan, sparsify_model
+
+        model = self._pruned_float(plan)
+        proto = io.to_proto(model)
+        dens = {k: float(v) for k, v in plan.density.items() if v < 1.0}
+        if dens:
+            proto = sparsify_model(proto, SparsityPlan(density=dens))
+        bits = {k: (plan.wbits.get(k), plan.abits.get(k)) for k in set(plan.wbits) | set(plan.abits)}
+        if any(w is not None or a is not None for w, a in bits.values()):
+            proto = self._quantize(proto, plan, bits)
+        return proto
+
+    def _quantize(self, proto: onnx.ModelProto, plan, bits: Mapping[str, tuple]) -> onnx.ModelProto:
+        from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
+        from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
+
+        layers = {name: LayerBits(w, a) for name, (w, a) in bits.items() if w is not None or a is not None}
+        arch_key = json.dumps([sorted(plan.keep.items()), sorted(plan.density.items())])
+        ranges = self._ranges_cache.get(arch_key)
+        if ranges is None:
+            tensors = activation_tensors(proto, list(layers))
+            feeds = {}
+            for b in self.calib_batches:
+                for k, v in b.items():
+                    feeds.setdefault(k, []).append(v)
+            data = {k: np.concatenate(v) for k, v in feeds.items()}
+            ranges = calibrate(proto, data, tensors, method=self.config.calibration)
+            if len(self._ranges_cache) > 64:
+                self._ranges_cache.clear()
+            self._ranges_cache[arch_key] = ranges
+        return quantize_model(proto, QuantPlan(layers=layers), ranges)
+
+    # ---- measuring -------------------------------------------------------------------
+    def cost(self, proto: onnx.ModelProto, plan):
+        """Energy and coded size of a built candidate under the profile."""
+        from emomc_onnx.cost import CostLayer, model_cost
+
+        model = io.from_proto(proto) if not isinstance(proto, io.ir.Model) else proto
+        # layers of the float skeleton: analysis of the model without QDQ nodes
+        float_model = self._pruned_float(plan) if _has_qdq(proto) else model
+        layers = analyze(float_model).layers if float_model is not model else analyze(model).layers
+        codes = weight_codes(proto)
+        inits = {t.name: t for t in proto.graph.initializer}
+        ref_w, ref_a = self.reference_bits()
+        cost_layers = []
+        for lay in layers:
+            wb = plan.wbits.get(lay.name) or ref_w
+            ab = plan.abits.get(lay.name) or ref_a
+            if lay.weight in codes:
+                w = codes[lay.weight]
+            elif lay.weight in inits:
+                w = onnx.numpy_helper.to_array(inits[lay.weight])
+            else:  # weight renamed by quantization: find by the DQ output name
+                w = next((v for k, v in codes.items() if k.startswith(lay.weight)), None)
+                if w is None:
+                    raise DataError(f"cost: weight of layer {lay.name} not found in the built model")
+            bias_elems = lay.out_channels if lay.bias else 0
+            cost_layers.append(CostLayer(lay, np.asarray(w), int(wb), int(ab), bias_elems=bias_elems))
+        return model_cost(cost_layers, self.profile, self.config.dataflow, self.config.coding)
+
+    def reference_bits(self) -> tuple[int, int]:
+        """Bits at which float layers are costed (the profile's baseline word)."""
+        b = int(self.profile.baseline_weight_bits)
+        a = int(getattr(self.profile, "baseline_activation_bits", b) or b)
+        return b, a
+
+    def evaluate(self, plan, subset: str = "search"):
+        from emomc_onnx.search.evaluator import Evaluation
+
+        t0 = time.perf_counter()
+        proto = self.build(plan)
+        t1 = time.perf_counter()
+        ds = self.search if subset == "search" else self.full
+        sess = self._make_session(proto, threads=self.config.threads)
+        t2 = time.perf_counter()
+        outs = self._run(sess, ds, self.config.batch_size)
+        t3 = time.perf_counter()
+        value = float(self.metric(outs, self.reference[subset], ds.labels))
+        mc = self.cost(proto, plan)
+        t4 = time.perf_counter()
+        macs = int(sum(r.macs for r in mc.layers)) if hasattr(mc, "layers") else 0
+        params = _params(proto)
+        return Evaluation(
+            metric=value, energy=float(mc.energy), size_bits=float(mc.size_bits), macs=macs, params=params,
+            extra={"timing_s": {"build": t1 - t0, "session": t2 - t1, "inference": t3 - t2,
+                                "cost": t4 - t3},
+                   "metric_name": self.metric.name, "dataflow": getattr(mc, "dataflow", None),
+                   "coding": getattr(mc, "coding", None)},
+        )
+
+    def baseline(self):
+        """The unmodified model, float, costed at the profile's baseline bits."""
+        from emomc_onnx.search.space import CompressionPlan
+
+        if self._baseline is None:
+            self._baseline = self.evaluate(CompressionPlan(keep={}, density={}, wbits={}, abits={}), "full")
+        return self._baseline
+
+
+def _has_qdq(proto: onnx.ModelProto) -> bool:
+    return any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+
+
+def _params(proto: onnx.ModelProto) -> int:
+    """Weights and biases of compute layers (stored elements, zeros included)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    dq = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    total = 0
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            for name in node.input[1:3]:
+                src = dq.get(name, name)
+                if src in inits:
+                    total += int(np.prod(inits[src].dims))
+    return total
+
+
+def make_space(evaluator: OnnxEvaluator, kind: str = "full", multiple: int | None = None):
+    """The search space of a model under a profile."""
+    from emomc_onnx.search.space import GroupGene, LayerGene, SearchSpace
+
+    prof = evaluator.profile
+    mult = int(multiple or prof.channel_multiple)
+    groups = tuple(GroupGene(id=g.id, channels=g.channels, multiple=mult)
+                   for g in evaluator.analysis.prunable_groups)
+    layers = tuple(LayerGene(name=lay.name, op_type=lay.op_type, params=lay.params, macs=lay.macs)
+                   for lay in evaluator.analysis.layers)
+    wbits = tuple(b for b in prof.weight_bits if 2 <= b <= 8) or tuple(prof.weight_bits)
+    abits = tuple(b for b in prof.activation_bits if 4 <= b <= 8) or tuple(prof.activation_bits)
+    densities = tuple(round(d, 2) for d in np.arange(0.1, 1.0001, 0.05))
+    ref = (max(wbits), max(abits))
+    return SearchSpace(groups=groups, layers=layers, densities=densities, wbits=wbits, abits=abits,
+                       reference_bits=ref, kind=kind)
+

@@ -1,0 +1,202 @@
+"""Coded size of a weight tensor under each storage scheme (bits).
+
+Exact schemes work on the stored values (integer codes or floats; zeros exactly 0), all in
+numpy without Python loops over weights. ``estimate_size_bits`` gives the shape-only
+(density-based) version used when no weight array is at hand.
+
+Schemes (N weights, nnz nonzeros, b-bit values):
+  normal: N*b (EMOMC "Normal").  csr: nnz*(b+3) (EMOMC CSR: 3 extra bits per nonzero).
+  coo: ceil(nnz*(b + log2 N)) (EMOMC COO).  dense: N*b.
+  relative_index: Deep Compression; each entry stores a b-bit value and a k-bit gap (zeros
+    since the previous entry); a gap > 2^k - 1 inserts a filler zero entry, so a gap z costs
+    z // 2^k fillers; trailing zeros are not stored. (nnz + fillers) * (b + k).
+  bitmask: N + nnz*b.
+  run_length: Eyeriss-style (run, value) pairs with r-bit runs over the whole tensor; a run
+    longer than 2^r - 1 costs z // 2^r extra pairs and trailing zeros ceil(z / 2^r) pairs.
+  huffman: exact Huffman code lengths from the value histogram, plus a canonical codebook
+    of (b-bit symbol, L-bit code length) per distinct symbol (L = 5 by default). A single
+    distinct symbol gets a 1-bit code.
+  auto: the smallest of the other exact schemes (dense, relative_index, bitmask,
+    run_length, huffman, and the paper's three).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+
+import numpy as np
+
+__all__ = [
+    "SCHEMES",
+    "coded_size_bits",
+    "coded_sizes",
+    "estimate_size_bits",
+    "huffman_code_lengths",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = (
+    "normal",
+    "csr",
+    "coo",
+    "dense",
+    "relative_index",
+    "bitmask",
+    "run_length",
+    "huffman",
+)
+_DEFAULTS = {"index_bits": 4, "run_bits": 5, "length_bits": 5}
+
+
+def huffman_code_lengths(counts: np.ndarray) -> np.ndarray:
+    """Huffman code length of each symbol from its count (counts > 0).
+
+    The heap runs over distinct symbols (at most 2^b), never over weights.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = counts.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n == 1:
+        return np.ones(1, dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
+    # Each heap node: (weight, tiebreak, list of leaf indices).
+    heap = [(int(c), i, [i]) for i, c in enumerate(counts)]
+    heapq.heapify(heap)
+    tie = n
+    while len(heap) > 1:
+        w1, _, l1 = heapq.heappop(heap)
+        w2, _, l2 = heapq.heappop(heap)
+        merged = l1 + l2
+        lengths[merged] += 1
+        heapq.heappush(heap, (w1 + w2, tie, merged))
+        tie += 1
+    return lengths
+
+
+def _histogram(flat: np.ndarray) -> np.ndarray:
+    """Counts of the distinct values (bincount for small integer ranges, else unique)."""
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if np.issubdtype(flat.dtype, np.integer):
+        lo, hi = int(flat.min()), int(flat.max())
+        if hi - lo < 1 << 20:
+            c = np.bincount((flat.astype(np.int64) - lo))
+            return c[c > 0]
+    _, c = np.unique(flat, return_counts=True)
+    return c
+
+
+def _gap_fillers(flat_nonzero_pos: np.ndarray, k: int) -> int:
+    gaps = np.diff(flat_nonzero_pos, prepend=-1) - 1
+    return int(np.sum(gaps >> k))
+
+
+def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -> int:
+    """Bits to store ``values`` (any shape; zeros exactly 0) as ``bits``-bit codes.
+
+    Args:
+        values: the stored tensor.
+        bits: bits per stored value.
+        scheme: one of SCHEMES or "auto".
+        **params: ``index_bits`` (relative_index, default 4), ``run_bits`` (run_length,
+            default 5), ``length_bits`` (huffman codebook, default 5).
+
+    Raises:
+        ValueError: unknown scheme (a programming error: profiles are validated).
+    """
+    if scheme == "auto":
+        return min(coded_sizes(values, bits, SCHEMES, **params).values())
+    flat = np.ravel(values)
+    n = int(flat.size)
+    if scheme in ("normal", "dense"):
+        return n * bits
+    nzmask = flat != 0
+    nnz = int(np.count_nonzero(nzmask))
+    if scheme == "csr":
+        return nnz * (bits + 3)
+    if scheme == "coo":
+        return math.ceil(nnz * (bits + math.log2(n))) if n > 0 else 0
+    if scheme == "bitmask":
+        return n + nnz * bits
+    p = {**_DEFAULTS, **params}
+    if scheme == "relative_index":
+        k = p["index_bits"]
+        pos = np.flatnonzero(nzmask)
+        return (nnz + _gap_fillers(pos, k)) * (bits + k)
+    if scheme == "run_length":
+        r = p["run_bits"]
+        pos = np.flatnonzero(nzmask)
+        pairs = nnz + _gap_fillers(pos, r)
+        trailing = n - 1 - int(pos[-1]) if nnz else n
+        pairs += -(-trailing // (1 << r))
+        return pairs * (r + bits)
+    if scheme == "huffman":
+        counts = _histogram(flat)
+        lengths = huffman_code_lengths(counts)
+        return int(np.dot(counts, lengths)) + counts.size * (bits + p["length_bits"])
+    raise ValueError(f"unknown coding scheme {scheme!r}")
+
+
+def coded_sizes(
+    values: np.ndarray, bits: int, schemes: tuple[str, ...] = SCHEMES, **params: int
+) -> dict[str, int]:
+    """coded_size_bits for several schemes, sharing the nonzero scan."""
+    return {s: coded_size_bits(values, bits, s, **params) for s in schemes if s != "auto"}
+
+
+def _expected_fillers(nnz: float, density: float, k: int) -> float:
+    """Expected z // 2^k summed over gaps, zeros i.i.d. with probability 1 - density."""
+    if density >= 1.0 or nnz == 0:
+        return 0.0
+    qm = (1.0 - density) ** (1 << k)
+    return nnz * qm / (1.0 - qm)
+
+
+def estimate_size_bits(n: int, bits: int, density: float, scheme: str, **params: int) -> int:
+    """Shape-only coded size: N weights, ``density`` nonzero fraction, ``bits``-bit codes.
+
+    The paper's schemes, dense and bitmask are exact given nnz = round(N*density).
+    relative_index / run_length assume zeros placed independently at random (expected
+    fillers nnz * q^M / (1 - q^M), q = 1 - density, M = 2^k). huffman uses the entropy of
+    a histogram with the zero symbol at 1 - density and the nonzeros spread uniformly over
+    the other 2^b - 1 codes (a real Huffman code is within 1 bit per symbol of it), plus
+    the codebook.
+    """
+    if scheme == "auto":
+        return min(estimate_size_bits(n, bits, density, s, **params) for s in SCHEMES)
+    nnz = round(n * density)
+    if scheme in ("normal", "dense"):
+        return n * bits
+    if scheme == "csr":
+        return nnz * (bits + 3)
+    if scheme == "coo":
+        return math.ceil(nnz * (bits + math.log2(n))) if n > 0 else 0
+    if scheme == "bitmask":
+        return n + nnz * bits
+    p = {**_DEFAULTS, **params}
+    d = nnz / n if n else 0.0
+    if scheme == "relative_index":
+        k = p["index_bits"]
+        return math.ceil((nnz + _expected_fillers(nnz, d, k)) * (bits + k))
+    if scheme == "run_length":
+        r = p["run_bits"]
+        pairs = nnz + _expected_fillers(nnz, d, r) + (0.0 if nnz else math.ceil(n / (1 << r)))
+        return math.ceil(pairs * (bits + r))
+    if scheme == "huffman":
+        symbols = min(1 << bits, n) if n else 0
+        if n == 0:
+            return 0
+        h = 0.0
+        z = 1.0 - d
+        if z > 0:
+            h -= z * math.log2(z)
+        if d > 0:
+            others = max(symbols - 1, 1)
+            h -= d * math.log2(d / others)
+        used = (1 if z > 0 else 0) + (min(symbols - 1, nnz) if d > 0 else 0)
+        return math.ceil(n * max(h, 1.0 if used <= 1 else h)) + used * (bits + p["length_bits"])
+    raise ValueError(f"unknown coding scheme {scheme!r}")

@@ -1,0 +1,65 @@
+"""Model -> cost-model input: layers of a (float or QDQ) model with their weights and bits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from emomc_onnx import io
+from emomc_onnx.analysis import Layer, analyze
+from emomc_onnx.passes.dequantize import float_view, has_qdq, weight_codes
+
+__all__ = ["cost_layers", "cost_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def cost_layers(
+    proto: onnx.ModelProto,
+    profile,
+    layers: list[Layer] | None = None,
+    bits: Mapping[str, tuple[int | None, int | None]] | None = None,
+) -> list:
+    """CostLayer per compute layer: weights as stored (integer codes for QDQ), bits read back.
+
+    Float layers are costed at the profile's baseline bit widths.
+    """
+    from emomc_onnx.cost import CostLayer
+
+    quantized = has_qdq(proto)
+    view = float_view(proto) if quantized else proto
+    if layers is None:
+        layers = analyze(io.load_proto(view, where=proto.graph.name or "<model>").model).layers
+    if bits is None and quantized:
+        from emomc_onnx.passes.qdq_bits import read_layer_bits
+
+        bits = {k: (v.wbits, v.abits) for k, v in read_layer_bits(proto).items()}
+    bits = bits or {}
+    codes = weight_codes(proto) if quantized else {}
+    inits = {t.name: t for t in view.graph.initializer}
+    ref_w = int(profile.baseline_weight_bits)
+    ref_a = int(getattr(profile, "baseline_activation_bits", ref_w) or ref_w)
+    out = []
+    for lay in layers:
+        wb, ab = bits.get(lay.name, (None, None))
+        if lay.weight in codes:
+            w = codes[lay.weight]
+        elif lay.weight in inits:
+            w = numpy_helper.to_array(inits[lay.weight])
+        else:
+            w = None
+        out.append(CostLayer(lay, None if w is None else np.asarray(w), int(wb or ref_w), int(ab or ref_a),
+                             bias_elems=lay.out_channels if lay.bias else 0))
+    return out
+
+
+def cost_model(proto: onnx.ModelProto, profile, dataflow: str | None = None, coding: str | None = None,
+               layers: list[Layer] | None = None, bits=None):
+    """The cost model's report for a float or QDQ model."""
+    from emomc_onnx.cost import model_cost
+
+    return model_cost(cost_layers(proto, profile, layers, bits), profile, dataflow, coding)

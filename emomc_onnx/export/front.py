@@ -1,0 +1,229 @@
+"""Write the Pareto front: one ONNX file per member, front.json, front.csv and plots.
+
+Every file is written atomically (temporary file in the same directory, then
+``os.replace``), so an interrupted export never leaves a half-written front behind.
+Each ONNX file carries its plan in ``metadata_props`` (``emomc.plan``) for provenance.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from emomc_onnx.search.driver import SearchResult
+from emomc_onnx.search.evaluator import Evaluation, Evaluator, to_jsonable
+
+__all__ = ["FrontEntry", "export_front", "atomic_write_bytes", "FRONT_JSON", "FRONT_CSV",
+           "FRONT_DIR"]
+
+logger = logging.getLogger(__name__)
+
+FRONT_JSON = "front.json"
+FRONT_CSV = "front.csv"
+FRONT_DIR = "front"
+_RANK_FILE = re.compile(r"^rank\d+_.*\.onnx$")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontEntry:
+    """One exported front member (a row of front.json / front.csv).
+
+    Attributes:
+        rank: position in the front, most accurate first.
+        file: path of the ONNX file relative to the output directory.
+        key: plan key.
+        metric_search: metric on the search subset.
+        metric_full: metric on all samples (what ``accuracy`` reports).
+        accuracy: ``metric_full``.
+        error: ``1 - metric_full``.
+        energy: energy per sample (profile units).
+        size_bits: coded size in bits.
+        energy_factor: baseline energy / energy (x smaller).
+        size_factor: baseline size / size.
+        macs: MACs per sample.
+        params: stored parameters.
+        keep: group id (str) -> channels kept.
+        density: layer -> weight density.
+        wbits: layer -> weight bits (None = float).
+        abits: layer -> activation bits (None = float).
+    """
+
+    rank: int
+    file: str
+    key: str
+    metric_search: float
+    metric_full: float
+    accuracy: float
+    error: float
+    energy: float
+    size_bits: float
+    energy_factor: float
+    size_factor: float
+    macs: int
+    params: int
+    keep: dict[str, int]
+    density: dict[str, float]
+    wbits: dict[str, int | None]
+    abits: dict[str, int | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FrontEntry:
+        """Inverse of :meth:`to_dict` (raises KeyError/TypeError/ValueError if malformed)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise KeyError(f"missing fields {missing}")
+        return cls(**{n: data[n] for n in names})
+
+    def path(self, outdir: str | os.PathLike[str]) -> Path:
+        """Absolute path of the member's ONNX file."""
+        return Path(outdir) / self.file
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _file_name(rank: int, acc: float, ef: float, sf: float) -> str:
+    return f"rank{rank:02d}_acc{100 * acc:.2f}_e{ef:.2f}x_s{sf:.2f}x.onnx"
+
+
+def export_front(
+    result: SearchResult,
+    evaluator: Evaluator,
+    outdir: str | os.PathLike[str],
+    *,
+    extra_points: Mapping[str, Evaluation] | None = None,
+    plots: bool = True,
+) -> list[FrontEntry]:
+    """Write the front of ``result`` into ``outdir``.
+
+    Writes ``front/rank{i:02d}_acc.._e..x_s..x.onnx`` (built by ``evaluator.build``),
+    ``front.json`` (run metadata + members), ``front.csv`` and, with ``plots``,
+    ``pareto.png`` and ``convergence.png``. Stale ``rank*.onnx`` files of an earlier
+    export are removed.
+
+    Args:
+        result: what :func:`~emomc_onnx.search.driver.run_search` returned.
+        evaluator: builds each member's model.
+        outdir: output directory (created).
+        extra_points: labelled reference points (e.g. ``{"ORT int8": evaluation}``) for
+            front.json and the Pareto plot.
+        plots: also write the PNG plots.
+
+    Returns:
+        The entries, most accurate first.
+    """
+    out = Path(outdir)
+    fdir = out / FRONT_DIR
+    fdir.mkdir(parents=True, exist_ok=True)
+    base = result.baseline
+    entries: list[FrontEntry] = []
+    members = sorted(result.front, key=lambda m: (-m.full.metric, m.full.energy,
+                                                  m.full.size_bits, m.key))
+    for rank, m in enumerate(members):
+        ev = m.full
+        ef = base.energy / ev.energy if ev.energy > 0 else float("inf")
+        sf = base.size_bits / ev.size_bits if ev.size_bits > 0 else float("inf")
+        name = _file_name(rank, ev.metric, ef, sf)
+        model = evaluator.build(m.plan)
+        props = {p.key: p.value for p in model.metadata_props}
+        props.update({"emomc.plan": m.plan.to_json(), "emomc.plan_key": m.key,
+                      "emomc.metric_full": repr(float(ev.metric)),
+                      "emomc.fingerprint": result.fingerprint})
+        onnx.helper.set_model_props(model, props)
+        atomic_write_bytes(fdir / name, model.SerializeToString())
+        pd = m.plan.to_dict()
+        entries.append(FrontEntry(
+            rank=rank, file=f"{FRONT_DIR}/{name}", key=m.key,
+            metric_search=float(m.search.metric), metric_full=float(ev.metric),
+            accuracy=float(ev.metric), error=1.0 - float(ev.metric),
+            energy=float(ev.energy), size_bits=float(ev.size_bits),
+            energy_factor=float(ef), size_factor=float(sf),
+            macs=int(ev.macs), params=int(ev.params),
+            keep=pd["keep"], density=pd["density"], wbits=pd["wbits"], abits=pd["abits"],
+        ))
+    keep_files = {Path(e.file).name for e in entries}
+    for f in fdir.iterdir():
+        if _RANK_FILE.match(f.name) and f.name not in keep_files:
+            f.unlink()
+
+    meta = {
+        "version": 1,
+        "fingerprint": result.fingerprint,
+        "seed": result.seed,
+        "config": result.config.to_dict(),
+        "space": {"kind": result.space.kind, "groups": len(result.space.groups),
+                  "layers": len(result.space.layers)},
+        "baseline": {"search": result.baseline_search.to_dict(), "full": base.to_dict()},
+        "extra_points": {k: v.to_dict() for k, v in (extra_points or {}).items()},
+        "hypervolume": {
+            "reference": [1.1] * len(result.config.objectives),
+            "objectives": list(result.config.objectives),
+            "history": [dataclasses.asdict(h) for h in result.history],
+            "stage": {str(k): v for k, v in result.stage_hv.items()},
+            "front": result.front_hv,
+        },
+        "n_evaluations": result.n_evaluations,
+        "interrupted": result.interrupted,
+        "stop_reasons": {str(k): v for k, v in result.stop_reasons.items()},
+        "elapsed_s": result.elapsed_s,
+        "members": [e.to_dict() for e in entries],
+    }
+    atomic_write_bytes(out / FRONT_JSON,
+                       json.dumps(to_jsonable(meta), indent=2).encode())
+    atomic_write_bytes(out / FRONT_CSV, _csv(entries).encode())
+    if plots:
+        from emomc_onnx.export.plots import plot_convergence, plot_pareto
+
+        plot_pareto(entries, base, out / "pareto.png", extra_points=extra_points)
+        plot_convergence(result.history, out / "convergence.png")
+    logger.info("exported %d front members to %s", len(entries), out)
+    return entries
+
+
+def _csv(entries: list[FrontEntry]) -> str:
+    scalar = ["rank", "file", "key", "accuracy", "metric_search", "metric_full", "error",
+              "energy", "size_bits", "energy_factor", "size_factor", "macs", "params"]
+    per: list[tuple[str, str]] = []
+    if entries:
+        e0 = entries[0]
+        per = ([("keep", k) for k in e0.keep] + [("density", k) for k in e0.density]
+               + [("wbits", k) for k in e0.wbits] + [("abits", k) for k in e0.abits])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(scalar + [f"{f}[{k}]" for f, k in per])
+    for e in entries:
+        row: list[Any] = [getattr(e, s) for s in scalar]
+        for f, k in per:
+            v = getattr(e, f).get(k)
+            row.append("" if v is None else v)
+        w.writerow(row)
+    return buf.getvalue()

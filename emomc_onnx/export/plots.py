@@ -1,0 +1,95 @@
+"""Pareto-front and convergence plots (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from emomc_onnx.search.evaluator import Evaluation  # noqa: E402
+from emomc_onnx.search.store import HVRecord  # noqa: E402
+
+if TYPE_CHECKING:
+    from emomc_onnx.export.front import FrontEntry
+
+__all__ = ["plot_pareto", "plot_convergence"]
+
+logger = logging.getLogger(__name__)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    from emomc_onnx.export.front import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def plot_pareto(
+    entries: Sequence[FrontEntry],
+    baseline: Evaluation,
+    path: str | Path,
+    *,
+    extra_points: Mapping[str, Evaluation] | None = None,
+) -> None:
+    """Three 2-D projections of the front: error/energy, error/size, energy/size.
+
+    Energy and size are relative to the unmodified model (marked with a star); extra
+    labelled points (e.g. ONNX Runtime int8) are drawn as crosses.
+    """
+    err = [e.error for e in entries]
+    en = [e.energy / baseline.energy for e in entries]
+    sz = [e.size_bits / baseline.size_bits for e in entries]
+    pts = {"error": err, "energy": en, "size": sz}
+    axes_def = [("energy", "error"), ("size", "error"), ("energy", "size")]
+    labels = {"error": "error (1 - metric, full data)", "energy": "energy / original",
+              "size": "coded size / original"}
+
+    def coords(ev: Evaluation) -> dict[str, float]:
+        return {"error": 1.0 - ev.metric, "energy": ev.energy / baseline.energy,
+                "size": ev.size_bits / baseline.size_bits}
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, (x, y) in zip(axes, axes_def):
+        ax.scatter(pts[x], pts[y], c="tab:blue", s=22, label="front")
+        b = coords(baseline)
+        ax.scatter([b[x]], [b[y]], marker="*", s=160, c="tab:red", label="original")
+        for name, ev in (extra_points or {}).items():
+            c = coords(ev)
+            ax.scatter([c[x]], [c[y]], marker="x", s=60, c="k")
+            ax.annotate(name, (c[x], c[y]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.set_xlabel(labels[x])
+        ax.set_ylabel(labels[y])
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Pareto front ({len(entries)} members)")
+    _save(fig, Path(path))
+
+
+def plot_convergence(history: Sequence[HVRecord], path: str | Path) -> None:
+    """Hypervolume per generation for both stages (run-cumulative and per stage)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = list(range(len(history)))
+    ax.plot(x, [h.hv for h in history], "-o", ms=3, label="run (both stages)")
+    for stage, color in ((1, "tab:orange"), (2, "tab:green")):
+        idx = [i for i, h in enumerate(history) if h.stage == stage]
+        if idx:
+            ax.plot(idx, [history[i].hv_stage for i in idx], "--", c=color,
+                    label=f"stage {stage} alone")
+    s2 = [i for i, h in enumerate(history) if h.stage == 2]
+    if s2:
+        ax.axvline(s2[0] - 0.5, c="grey", lw=0.8)
+    ax.set_xlabel("generation (stage 1, then stage 2)")
+    ax.set_ylabel("hypervolume (normalised objectives, ref 1.1)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, Path(path))

@@ -1,0 +1,593 @@
+"""Two-stage NSGA-II search (pymoo ask-and-tell) with a result store and worker processes.
+
+Stage 1 searches the pruning genes (keep per group + density per layer, or the emomc
+space's global density) with bits at reference precision (None). Stage 2 searches the
+whole genome: the bit genes *and* the pruning genes, so it can still fine-tune the
+architecture around a bit assignment; its initial population combines the stage-1 front's
+architectures with uniform and random bit assignments. The final front is re-evaluated on
+the full data and reduced to the non-dominated set of those figures.
+
+Budgets: ``generations`` applies to each stage; ``max_evaluations`` and ``time_budget_s``
+are totals for the run, stage 1 getting ``stage1_share`` of them and stage 2 the rest
+(including whatever stage 1 left unused). Evaluations count distinct candidates of the run
+(served from the store or computed), so a resumed run retraces the same path exactly; the
+time budget is the only source of run-to-run variation.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import itertools
+import logging
+import math
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.evaluator import Evaluator as PymooEvaluator
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
+from pymoo.problems.static import StaticProblem
+
+from emomc_onnx.errors import PlanError
+from emomc_onnx.search.evaluator import Evaluation, Evaluator, EvaluatorFactory
+from emomc_onnx.search.genome import GenomeCodec
+from emomc_onnx.search.hypervolume import hypervolume, non_dominated
+from emomc_onnx.search.problem import OBJECTIVES, Objectives, make_problem
+from emomc_onnx.search.space import CompressionPlan, SearchSpace
+from emomc_onnx.search.store import HVRecord, ResultStore
+
+__all__ = [
+    "SearchConfig",
+    "Candidate",
+    "FrontMember",
+    "ProgressEvent",
+    "SearchResult",
+    "run_search",
+]
+
+logger = logging.getLogger(__name__)
+
+_MAX_REASON = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one search run.
+
+    Attributes:
+        objectives: minimised objectives, a subset of ("error", "energy", "size").
+        population: NSGA-II population size (both stages).
+        generations: generations per stage (the initial population is generation 0).
+        max_evaluations: total distinct candidates for the run, or None.
+        time_budget_s: total wall-clock budget in seconds, or None.
+        stage1_share: share of ``max_evaluations``/``time_budget_s`` given to stage 1.
+        max_accuracy_drop: allowed metric drop versus the unmodified model, in points.
+        workers: evaluation processes; 1 evaluates in this process.
+        resume: reuse candidates already in the store (same fingerprint and plan key).
+        mp_context: multiprocessing start method for workers ("spawn" or "forkserver").
+        n_uniform: uniform levels used to seed stage 1 (keep/density at the same fraction).
+    """
+
+    objectives: tuple[str, ...] = OBJECTIVES
+    population: int = 24
+    generations: int = 10
+    max_evaluations: int | None = None
+    time_budget_s: float | None = None
+    stage1_share: float = 0.5
+    max_accuracy_drop: float | None = None
+    workers: int = 1
+    resume: bool = True
+    mp_context: str = "spawn"
+    n_uniform: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+        if self.population < 2:
+            raise PlanError(f"population must be >= 2, got {self.population}")
+        if self.generations < 1:
+            raise PlanError(f"generations must be >= 1, got {self.generations}")
+        if self.max_evaluations is not None and self.max_evaluations < 2:
+            raise PlanError(f"max_evaluations must be >= 2, got {self.max_evaluations}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise PlanError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if not 0.0 < self.stage1_share < 1.0:
+            raise PlanError(f"stage1_share must be in (0, 1), got {self.stage1_share}")
+        if self.workers < 1:
+            raise PlanError(f"workers must be >= 1, got {self.workers}")
+        if self.mp_context not in ("spawn", "forkserver", "fork"):
+            raise PlanError(f"mp_context must be spawn, forkserver or fork, "
+                            f"got {self.mp_context!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        d = dataclasses.asdict(self)
+        d["objectives"] = list(self.objectives)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One evaluated candidate of the run (search subset).
+
+    Attributes:
+        key: plan key.
+        plan: the plan.
+        stage: stage that proposed it first (0 = the unmodified model).
+        search: evaluation on the search subset, None if it failed.
+        reason: failure message, or constraint violation; None when feasible.
+        objectives: normalised objective row (as given to NSGA-II).
+        constraints: constraint row (``<= 0`` satisfied).
+        feasible: ran and satisfies the constraints.
+        seconds: evaluation wall time (0 for a stored result).
+        cached: served from the result store.
+    """
+
+    key: str
+    plan: CompressionPlan
+    stage: int
+    search: Evaluation | None
+    reason: str | None
+    objectives: tuple[float, ...]
+    constraints: tuple[float, ...]
+    feasible: bool
+    seconds: float
+    cached: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontMember:
+    """A member of the final front, with search-subset and full-data figures."""
+
+    key: str
+    plan: CompressionPlan
+    stage: int
+    search: Evaluation
+    full: Evaluation
+    objectives_search: tuple[float, ...]
+    objectives_full: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressEvent:
+    """Reported after every generation (and once when the final front is ready)."""
+
+    stage: int
+    generation: int
+    generations: int
+    n_evaluations: int
+    max_evaluations: int | None
+    best: dict[str, float]
+    hv: float
+    phase: str = "search"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """Everything a run produced (the export writes the front and the history)."""
+
+    fingerprint: str
+    space: SearchSpace
+    config: SearchConfig
+    seed: int
+    baseline: Evaluation
+    baseline_search: Evaluation
+    front: tuple[FrontMember, ...]
+    history: tuple[HVRecord, ...]
+    stage_hv: dict[int, float]
+    front_hv: float
+    candidates: tuple[Candidate, ...]
+    n_evaluations: int
+    n_fresh: int
+    n_cached: int
+    stop_reasons: dict[int, str]
+    interrupted: bool
+    elapsed_s: float
+    eval_wall_s: float
+    eval_seconds: float
+
+    def front_objectives(self) -> np.ndarray:
+        """Full-data normalised objectives of the front (rows)."""
+        return np.array([m.objectives_full for m in self.front], dtype=float).reshape(
+            len(self.front), len(self.config.objectives))
+
+
+# ---- worker side --------------------------------------------------------------------------
+_WORKER_EVALUATOR: Evaluator | None = None
+
+
+def _worker_init(factory: EvaluatorFactory) -> None:
+    """Build the evaluator once per worker; Ctrl-C is handled by the parent only."""
+    global _WORKER_EVALUATOR
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_EVALUATOR = factory()
+
+
+def _worker_eval(plan: CompressionPlan, subset: str) -> tuple[Evaluation | None, str | None, float]:
+    if _WORKER_EVALUATOR is None:  # pragma: no cover - initializer always ran
+        return None, "worker has no evaluator", 0.0
+    return _safe_eval(_WORKER_EVALUATOR, plan, subset)
+
+
+def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str
+               ) -> tuple[Evaluation | None, str | None, float]:
+    """Evaluate, turning any exception into a failure reason."""
+    t0 = time.perf_counter()
+    try:
+        ev = evaluator.evaluate(plan, subset)
+        bad = [f for f in ("metric", "energy", "size_bits")
+               if not math.isfinite(float(getattr(ev, f)))]
+        if bad:
+            raise ValueError(f"evaluator returned non-finite {', '.join(bad)}")
+    except Exception as exc:  # noqa: BLE001 - any failure makes the candidate infeasible
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:_MAX_REASON]
+        logger.debug("candidate %s failed: %s", plan.key(), reason)
+        return None, reason, time.perf_counter() - t0
+    return ev, None, time.perf_counter() - t0
+
+
+def _floats(v: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(x) for x in v)
+
+
+# ---- the run ------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, space: SearchSpace, factory: EvaluatorFactory, config: SearchConfig,
+                 store: ResultStore, progress: Callable[[ProgressEvent], None] | None,
+                 seed: int) -> None:
+        self.space = space
+        self.codec = GenomeCodec(space)
+        self.factory = factory
+        self.config = config
+        self.store = store
+        self.progress = progress
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.records: dict[str, Candidate] = {}
+        self.full: dict[str, tuple[Evaluation | None, str | None]] = {}
+        self.history: list[HVRecord] = []
+        self.eval_wall = 0.0
+        self.eval_seconds = 0.0
+        self.pool: cf.ProcessPoolExecutor | None = None
+        self.n_fresh = 0
+        self.n_cached = 0
+        self.evaluator = factory()
+        self.fp = str(self.evaluator.fingerprint())
+        cached = store.get_baseline(self.fp) if config.resume else None
+        if cached is None:
+            cached = self.evaluator.baseline()
+            store.put_baseline(self.fp, cached)
+            self.n_fresh += 1
+        self.baseline = cached
+        self.obj_search: Objectives
+        self.obj_full: Objectives
+
+    # -- evaluation plumbing --
+    def _map(self, plans: Sequence[CompressionPlan], subset: str
+             ) -> Iterator[tuple[Evaluation | None, str | None, float]]:
+        if self.config.workers > 1 and len(plans) > 1:
+            if self.pool is None:
+                ctx = multiprocessing.get_context(self.config.mp_context)
+                self.pool = cf.ProcessPoolExecutor(
+                    max_workers=self.config.workers, mp_context=ctx,
+                    initializer=_worker_init, initargs=(self.factory,))
+            yield from self.pool.map(_worker_eval, plans, itertools.repeat(subset))
+        else:
+            for p in plans:
+                yield _safe_eval(self.evaluator, p, subset)
+
+    def _judge(self, ev: Evaluation | None, reason: str | None
+               ) -> tuple[np.ndarray, np.ndarray, bool, str | None]:
+        F = self.obj_search.f(ev)
+        G = self.obj_search.g(ev)
+        why = self.obj_search.violation(ev, reason)
+        return F, G, why is None, why
+
+    def evaluate(self, plans: Sequence[CompressionPlan], stage: int) -> list[Candidate]:
+        """Search-subset results of plans (run cache, then store, then evaluation)."""
+        todo: list[CompressionPlan] = []
+        for p in plans:
+            k = p.key()
+            if k in self.records or any(t.key() == k for t in todo):
+                continue
+            sc = self.store.get(self.fp, k) if self.config.resume else None
+            if sc is not None:  # a row only exists once its search evaluation finished
+                reason = None if sc.search is not None else sc.reason
+                F, G, ok, why = self._judge(sc.search, reason)
+                self.records[k] = Candidate(k, p, stage, sc.search, why, _floats(F),
+                                            _floats(G), ok, 0.0, True)
+                self.n_cached += 1
+                if sc.full is not None or sc.reason_full is not None:
+                    self.full[k] = (sc.full, sc.reason_full)
+            else:
+                todo.append(p)
+        t0 = time.perf_counter()
+        for p, (ev, reason, secs) in zip(todo, self._map(todo, "search")):
+            k = p.key()
+            F, G, ok, why = self._judge(ev, reason)
+            self.store.put_search(self.fp, p, stage, ev, feasible=ok, reason=why,
+                                  objectives=list(F), seconds=secs)
+            self.records[k] = Candidate(k, p, stage, ev, why, _floats(F), _floats(G), ok,
+                                        secs, False)
+            self.n_fresh += 1
+            self.eval_seconds += secs
+        self.eval_wall += time.perf_counter() - t0
+        return [self.records[p.key()] for p in plans]
+
+    def evaluate_full(self, cands: Sequence[Candidate]) -> None:
+        """Full-data results of candidates (cached in the store)."""
+        todo: list[CompressionPlan] = []
+        for c in cands:
+            if c.key in self.full:
+                continue
+            sc = self.store.get(self.fp, c.key) if self.config.resume else None
+            if sc is not None and (sc.full is not None or sc.reason_full is not None):
+                self.full[c.key] = (sc.full, sc.reason_full)
+            else:
+                todo.append(c.plan)
+        t0 = time.perf_counter()
+        for p, (ev, reason, secs) in zip(todo, self._map(todo, "full")):
+            self.store.put_full(self.fp, p, ev, reason=reason, seconds=secs)
+            self.full[p.key()] = (ev, reason)
+            self.n_fresh += 1
+            self.eval_seconds += secs
+        self.eval_wall += time.perf_counter() - t0
+
+    # -- helpers --
+    def _feasible_F(self, stage: int | None = None) -> np.ndarray:
+        rows = [c.objectives for c in self.records.values()
+                if c.feasible and c.stage > 0 and (stage is None or c.stage == stage)]
+        return np.array(rows, dtype=float).reshape(len(rows), self.obj_search.n_obj)
+
+    def _best(self) -> dict[str, float]:
+        F = self._feasible_F()
+        if len(F) == 0:
+            return {}
+        return {n: float(F[:, i].min()) for i, n in enumerate(self.obj_search.names)}
+
+    def _n_evals(self) -> int:
+        return sum(1 for c in self.records.values() if c.stage > 0)
+
+    # -- initial populations --
+    def _dedupe(self, rows: list[np.ndarray], xu: np.ndarray, n: int) -> np.ndarray:
+        seen: set[bytes] = set()
+        out: list[np.ndarray] = []
+        for r in rows:
+            b = r.tobytes()
+            if b not in seen:
+                seen.add(b)
+                out.append(r)
+            if len(out) == n:
+                break
+        tries = 0
+        while len(out) < n and tries < 50 * n:
+            r = self.rng.integers(0, xu + 1).astype(np.int64)
+            tries += 1
+            if r.tobytes() not in seen:
+                seen.add(r.tobytes())
+                out.append(r)
+        return np.stack(out)
+
+    def initial_stage1(self) -> np.ndarray:
+        _, xu = self.codec.bounds(1)
+        n_g = len(self.space.groups) if self.space.kind == "full" else 0
+        rows = [xu.copy()]  # no compression
+        for lv in np.linspace(1.0, 0.0, self.config.n_uniform + 2)[1:-1]:
+            u = np.rint(lv * xu).astype(np.int64)
+            rows.append(u)
+            if n_g:
+                keep_only = xu.copy()
+                keep_only[:n_g] = u[:n_g]
+                dens_only = xu.copy()
+                dens_only[n_g:] = u[n_g:]
+                rows += [keep_only, dens_only]
+        rows = rows[: max(1, self.config.population // 2)]
+        rows += [self.rng.integers(0, xu + 1).astype(np.int64)
+                 for _ in range(self.config.population)]
+        return self._dedupe(rows, xu, self.config.population)
+
+    def initial_stage2(self) -> np.ndarray:
+        _, xu2 = self.codec.bounds(2)
+        n_l = len(self.space.layers)
+        nw, na = len(self.space.wbits), len(self.space.abits)
+        s1 = [c for c in self.records.values() if c.stage == 1 and c.feasible]
+        if s1:
+            F = np.array([c.objectives for c in s1])
+            nd = sorted(non_dominated(F), key=lambda i: (tuple(F[i]), s1[i].key))
+            archs = [self.codec.encode(s1[i].plan, 1) for i in nd]
+        else:
+            archs = [self.codec.bounds(1)[1].copy()]
+        P = self.config.population
+        if len(archs) > P:
+            archs = [archs[int(i)] for i in np.rint(np.linspace(0, len(archs) - 1, P))]
+        pairs = [(w, a) for w in reversed(range(nw)) for a in reversed(range(na))]
+        rows: list[np.ndarray] = []
+        for i in range(P * 3):
+            arch = archs[i % len(archs)]
+            if i < len(archs):
+                w, a = np.full(n_l, nw - 1), np.full(n_l, na - 1)
+            elif i % 2 == 0:
+                pw, pa = pairs[int(self.rng.integers(len(pairs)))]
+                w, a = np.full(n_l, pw), np.full(n_l, pa)
+            else:
+                w, a = self.rng.integers(0, nw, n_l), self.rng.integers(0, na, n_l)
+            rows.append(self.codec.extend(arch, w, a))
+        return self._dedupe(rows, xu2, P)
+
+    # -- one stage --
+    def stage(self, stage: int, X0: np.ndarray, eval_budget: int | None,
+              deadline: float | None, seed: int) -> str:
+        cfg = self.config
+        _, xu = self.codec.bounds(stage)
+        problem = make_problem(len(xu), xu, self.obj_search)
+        algorithm = NSGA2(
+            pop_size=cfg.population,
+            sampling=X0,
+            crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+            mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
+            eliminate_duplicates=True,
+        )
+        algorithm.setup(problem, termination=("n_gen", 10**9), seed=seed, verbose=False)
+        used = 0
+        for gen in range(cfg.generations):
+            if deadline is not None and time.monotonic() >= deadline:
+                return "time_budget"
+            remaining = None if eval_budget is None else eval_budget - used
+            if remaining is not None and remaining <= 0:
+                return "max_evaluations"
+            pop = algorithm.ask()
+            if pop is None or len(pop) == 0:
+                return "space_exhausted"
+            X = np.rint(pop.get("X")).astype(np.int64)
+            plans = [self.codec.decode(x, stage) for x in X]
+            if remaining is not None:
+                new: set[str] = set()
+                cut = len(plans)
+                for i, p in enumerate(plans):
+                    if p.key() not in self.records:
+                        new.add(p.key())
+                        if len(new) > remaining:
+                            cut = i
+                            break
+                if cut < len(plans):
+                    pop, plans = pop[:cut], plans[:cut]
+            before = self._n_evals()
+            cands = self.evaluate(plans, stage)
+            used += self._n_evals() - before
+            F = np.array([c.objectives for c in cands], dtype=float)
+            G = np.array([c.constraints for c in cands], dtype=float)
+            PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+            algorithm.tell(infills=pop)
+            rec = HVRecord(stage, gen, self._n_evals(),
+                           hypervolume(self._feasible_F(), self.obj_search.n_obj),
+                           hypervolume(self._feasible_F(stage), self.obj_search.n_obj))
+            self.history.append(rec)
+            self.store.put_hv(self.fp, rec)
+            logger.info("stage %d gen %d: %d evaluations, hv %.4f", stage, gen,
+                        rec.n_evaluations, rec.hv)
+            if self.progress is not None:
+                self.progress(ProgressEvent(stage, gen, cfg.generations, rec.n_evaluations,
+                                            cfg.max_evaluations, self._best(), rec.hv))
+        return "generations"
+
+    def final_front(self) -> list[FrontMember]:
+        feas = [c for c in self.records.values() if c.feasible and c.stage > 0]
+        if not feas:
+            return []
+        F = np.array([c.objectives for c in feas], dtype=float)
+        cands = [feas[i] for i in non_dominated(F)]
+        self.evaluate_full(cands)
+        members: list[FrontMember] = []
+        for c in cands:
+            ev, reason = self.full[c.key]
+            why = self.obj_full.violation(ev, reason)
+            if why is not None or c.search is None or ev is None:
+                logger.info("front candidate %s dropped on full data: %s", c.key, why)
+                self.store.set_feasible(self.fp, c.key, False, f"full data: {why}")
+                continue
+            members.append(FrontMember(c.key, c.plan, c.stage, c.search, ev, c.objectives,
+                                       _floats(self.obj_full.f(ev))))
+        if not members:
+            return []
+        Ff = np.array([m.objectives_full for m in members])
+        front = [members[i] for i in non_dominated(Ff)]
+        front.sort(key=lambda m: (m.objectives_full, m.key))
+        out: list[FrontMember] = []
+        for m in front:  # identical figures: keep one (the smallest key)
+            if not out or out[-1].objectives_full != m.objectives_full:
+                out.append(m)
+        return out
+
+
+def run_search(
+    space: SearchSpace,
+    evaluator_factory: EvaluatorFactory,
+    config: SearchConfig,
+    store: ResultStore,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    seed: int = 0,
+) -> SearchResult:
+    """Run the two-stage search and return the front (full-data figures) and history.
+
+    Ctrl-C (KeyboardInterrupt) stops the search cleanly: everything evaluated is in the
+    store and the front of what is there is still computed (``result.interrupted``).
+    Other exceptions (e.g. from ``progress``) propagate; the store stays consistent.
+
+    Args:
+        space: the genes.
+        evaluator_factory: picklable callable building an evaluator (once per process).
+        config: budgets, objectives, constraint, workers.
+        store: result store (usually ``ResultStore.in_dir(outdir)``).
+        progress: called with a :class:`ProgressEvent` after every generation.
+        seed: seeds our initial populations and pymoo (same seed -> same front).
+    """
+    t_start = time.monotonic()
+    run = _Run(space, evaluator_factory, config, store, progress, seed)
+    stop: dict[int, str] = {}
+    interrupted = False
+    try:
+        # Baseline on the search subset: the reference for the accuracy-drop constraint.
+        empty = CompressionPlan.empty()
+        run.obj_search = Objectives(config.objectives, run.baseline, config.max_accuracy_drop)
+        run.obj_full = run.obj_search
+        base_s = run.evaluate([empty], 0)[0]
+        if base_s.search is None:
+            raise PlanError(f"the unmodified model fails to evaluate: {base_s.reason}")
+        run.obj_search = Objectives(
+            config.objectives,
+            dataclasses.replace(run.baseline, metric=base_s.search.metric),
+            config.max_accuracy_drop)
+        seeds = np.random.SeedSequence(seed).generate_state(2)
+        budget1 = budget2 = None
+        if config.max_evaluations is not None:
+            budget1 = max(1, int(config.max_evaluations * config.stage1_share))
+        dl1 = dl2 = None
+        if config.time_budget_s is not None:
+            dl1 = t_start + config.time_budget_s * config.stage1_share
+            dl2 = t_start + config.time_budget_s
+        try:
+            stop[1] = run.stage(1, run.initial_stage1(), budget1, dl1, int(seeds[0]))
+            if config.max_evaluations is not None:
+                budget2 = config.max_evaluations - run._n_evals()
+            stop[2] = run.stage(2, run.initial_stage2(), budget2, dl2, int(seeds[1]))
+        except KeyboardInterrupt:
+            interrupted = True
+            logger.warning("search interrupted: computing the front of what was evaluated")
+        front = run.final_front()
+        if progress is not None:
+            progress(ProgressEvent(0, 0, 0, run._n_evals(), config.max_evaluations,
+                                   run._best(), run.history[-1].hv if run.history else 0.0,
+                                   phase="final"))
+    finally:
+        if run.pool is not None:
+            run.pool.shutdown(wait=True, cancel_futures=True)
+    stage_hv = {s: hypervolume(run._feasible_F(s), run.obj_search.n_obj) for s in (1, 2)}
+    front_F = np.array([m.objectives_full for m in front], dtype=float).reshape(
+        len(front), run.obj_search.n_obj)
+    return SearchResult(
+        fingerprint=run.fp,
+        space=space,
+        config=config,
+        seed=seed,
+        baseline=run.baseline,
+        baseline_search=base_s.search,
+        front=tuple(front),
+        history=tuple(run.history),
+        stage_hv=stage_hv,
+        front_hv=hypervolume(front_F, run.obj_search.n_obj),
+        candidates=tuple(c for c in run.records.values() if c.stage > 0),
+        n_evaluations=run._n_evals(),
+        n_fresh=run.n_fresh,
+        n_cached=run.n_cached,
+        stop_reasons=stop,
+        interrupted=interrupted,
+        elapsed_s=time.monotonic() - t_start,
+        eval_wall_s=run.eval_wall,
+        eval_seconds=run.eval_seconds,
+    )

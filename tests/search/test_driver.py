@@ -1,0 +1,222 @@
+"""The two-stage search on the analytic toy evaluator."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emomc_onnx.errors import PlanError
+from emomc_onnx.search.driver import ProgressEvent, SearchConfig, SearchResult, run_search
+from emomc_onnx.search.store import ResultStore
+from emomc_onnx.search.toy import ToyEvaluator, ToyEvaluatorFactory, toy_space
+
+TOY = ToyEvaluatorFactory()
+SMALL = SearchConfig(population=12, generations=5)
+
+CALLS: list[tuple[str, str]] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingFactory:
+    """Toy evaluators that record every evaluate() call (in-process runs only)."""
+
+    base: ToyEvaluatorFactory = TOY
+
+    def __call__(self) -> ToyEvaluator:
+        ev = self.base()
+        orig = ev.evaluate
+
+        def counted(plan, subset="search"):
+            CALLS.append((plan.key(), subset))
+            return orig(plan, subset)
+
+        ev.evaluate = counted  # type: ignore[method-assign]
+        return ev
+
+
+def _run(tmp: Path, config: SearchConfig = SMALL, factory=TOY, seed: int = 0,
+         progress=None, kind: str = "full") -> SearchResult:
+    base = getattr(factory, "base", factory)
+    with ResultStore.in_dir(tmp) as store:
+        return run_search(toy_space(base, kind), factory, config, store, progress, seed=seed)
+
+
+def _front(r: SearchResult) -> list[tuple[str, tuple[float, ...]]]:
+    return [(m.key, m.objectives_full) for m in r.front]
+
+
+def _dominates(a, b) -> bool:
+    return bool(np.all(np.asarray(a) <= np.asarray(b)) and np.any(np.asarray(a) < np.asarray(b)))
+
+
+def test_same_seed_same_front(tmp_path: Path) -> None:
+    a = _run(tmp_path / "a", seed=3)
+    b = _run(tmp_path / "b", seed=3)
+    c = _run(tmp_path / "c", seed=4)
+    assert a.front and _front(a) == _front(b)
+    assert [h.hv for h in a.history] == [h.hv for h in b.history]
+    assert [x.key for x in a.candidates] != [x.key for x in c.candidates]
+
+
+def test_front_is_non_dominated_and_feasible(tmp_path: Path) -> None:
+    r = _run(tmp_path)
+    F = r.front_objectives()
+    assert len(F) >= 3
+    for i in range(len(F)):
+        for j in range(len(F)):
+            assert not _dominates(F[j], F[i]), (i, j)
+    # no feasible candidate re-evaluated on full data dominates a member either
+    ev = ToyEvaluator(TOY)
+    for c in r.candidates:
+        if c.feasible:
+            full = ev.evaluate(c.plan, "full")
+            f = (1 - full.metric, full.energy / r.baseline.energy,
+                 full.size_bits / r.baseline.size_bits)
+            assert not any(_dominates(f, m) for m in F)
+    # the history is monotone (cumulative archive) and the final front has a real volume
+    hv = [h.hv for h in r.history]
+    assert hv == sorted(hv) and r.front_hv > 0
+
+
+def test_stage2_improves_hypervolume(tmp_path: Path) -> None:
+    r = _run(tmp_path)
+    assert r.stop_reasons == {1: "generations", 2: "generations"}
+    assert r.stage_hv[2] > r.stage_hv[1] > 0
+    assert any(m.stage == 2 for m in r.front)
+    assert {h.stage for h in r.history} == {1, 2}
+
+
+def test_failures_are_infeasible_with_reason(tmp_path: Path) -> None:
+    failing = ToyEvaluatorFactory(fail_keep_below=0.5)
+    r = _run(tmp_path, factory=failing)
+    failed = [c for c in r.candidates if c.search is None]
+    assert failed, "the toy should have produced failing candidates"
+    assert all(not c.feasible and "toy failure" in (c.reason or "") for c in failed)
+    assert all(min(k / ch for k, ch in zip(m.plan.keep.values(), (16, 32, 16))) >= 0.5
+               for m in r.front)
+    with ResultStore.in_dir(tmp_path) as store:
+        rows = {s.key: s for s in store.candidates(r.fingerprint)}
+    for c in failed:
+        assert rows[c.key].search is None and "toy failure" in rows[c.key].reason
+
+
+def test_resume_re_evaluates_nothing(tmp_path: Path) -> None:
+    CALLS.clear()
+    first = _run(tmp_path, factory=CountingFactory())
+    n_first = len(CALLS)
+    assert n_first == first.n_fresh > first.n_evaluations
+    CALLS.clear()
+    again = _run(tmp_path, factory=CountingFactory())
+    assert CALLS == [] and again.n_fresh == 0
+    assert _front(again) == _front(first)
+    # more generations: only the new candidates are evaluated
+    longer = dataclasses.replace(SMALL, generations=7)
+    CALLS.clear()
+    more = _run(tmp_path, longer, factory=CountingFactory())
+    keys = {k for k, s in CALLS if s == "search"}
+    old = {c.key for c in first.candidates}
+    assert keys and not keys & old
+    # without resume everything is evaluated again
+    CALLS.clear()
+    _run(tmp_path, dataclasses.replace(SMALL, resume=False), factory=CountingFactory())
+    assert len(CALLS) == n_first
+    assert more.n_evaluations > first.n_evaluations
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_store_survives_a_kill_and_resume_continues(tmp_path: Path) -> None:
+    def killer(ev: ProgressEvent) -> None:
+        if ev.stage == 2 and ev.generation == 1:
+            raise _Kill()
+
+    with pytest.raises(_Kill):
+        _run(tmp_path / "run", progress=killer)
+    db = tmp_path / "run" / "results.sqlite"
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    n_rows = con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+    n_hv = con.execute("SELECT COUNT(*) FROM hypervolume").fetchone()[0]
+    con.close()
+    assert n_rows > 12 and n_hv == SMALL.generations + 2
+    CALLS.clear()
+    resumed = _run(tmp_path / "run", factory=CountingFactory())
+    fresh_search = [k for k, s in CALLS if s == "search"]
+    assert len(fresh_search) == resumed.n_evaluations + 1 - n_rows  # +1: the baseline row
+    reference = _run(tmp_path / "ref")
+    assert _front(resumed) == _front(reference)
+
+
+def test_ctrl_c_returns_the_front_so_far(tmp_path: Path) -> None:
+    def interrupt(ev: ProgressEvent) -> None:
+        if ev.stage == 1 and ev.generation == 2:
+            raise KeyboardInterrupt
+
+    r = _run(tmp_path, progress=interrupt)
+    assert r.interrupted and r.front and 2 not in r.stop_reasons
+    assert all(m.stage == 1 for m in r.front)
+    with ResultStore.in_dir(tmp_path) as store:
+        assert store.count(r.fingerprint) == r.n_evaluations + 1
+
+
+def test_max_accuracy_drop_respected(tmp_path: Path) -> None:
+    free = _run(tmp_path / "free")
+    drops = [100 * (free.baseline.metric - m.full.metric) for m in free.front]
+    assert max(drops) > 2.0  # without the constraint the front goes further
+    r = _run(tmp_path / "c", dataclasses.replace(SMALL, max_accuracy_drop=2.0))
+    assert r.front
+    for m in r.front:
+        assert 100 * (r.baseline.metric - m.full.metric) <= 2.0
+    assert any(not c.feasible and "accuracy drop" in (c.reason or "") for c in r.candidates)
+
+
+def test_max_evaluations_budget(tmp_path: Path) -> None:
+    r = _run(tmp_path, SearchConfig(population=12, generations=50, max_evaluations=40))
+    assert r.n_evaluations == 40
+    assert r.stop_reasons == {1: "max_evaluations", 2: "max_evaluations"}
+    assert sum(1 for c in r.candidates if c.stage == 1) == 20
+
+
+def test_time_budget(tmp_path: Path) -> None:
+    slow = ToyEvaluatorFactory(delay_s=0.01)
+    r = _run(tmp_path, SearchConfig(population=8, generations=1000, time_budget_s=0.6),
+             factory=slow)
+    assert r.stop_reasons == {1: "time_budget", 2: "time_budget"} and r.front
+    assert r.elapsed_s < 5
+
+
+def test_emomc_space_runs(tmp_path: Path) -> None:
+    r = _run(tmp_path, kind="emomc")
+    assert r.front
+    for m in r.front:
+        assert len(set(m.plan.density.values())) == 1
+        assert m.plan.keep == {0: 16, 1: 32, 2: 16}
+
+
+def test_objective_subset(tmp_path: Path) -> None:
+    r = _run(tmp_path, dataclasses.replace(SMALL, objectives=("error", "size")))
+    assert r.front_objectives().shape[1] == 2
+    with pytest.raises(PlanError, match="unknown"):
+        _run(tmp_path / "x", dataclasses.replace(SMALL, objectives=("error", "latency")))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(PlanError, match="population"):
+        SearchConfig(population=1)
+    with pytest.raises(PlanError, match="stage1_share"):
+        SearchConfig(stage1_share=1.0)
+    with pytest.raises(PlanError, match="workers"):
+        SearchConfig(workers=0)
+
+
+def test_two_workers_same_front(tmp_path: Path) -> None:
+    one = _run(tmp_path / "one", seed=5)
+    two = _run(tmp_path / "two", dataclasses.replace(SMALL, workers=2), seed=5)
+    assert _front(one) == _front(two)
+    assert [c.key for c in one.candidates] == [c.key for c in two.candidates]
