@@ -158,8 +158,24 @@ def layer_from_node(node: ir.Node) -> Layer:
             )
         rows *= d
     n_in, n_out = wshape
-    return Layer(node.name, op, w.name, None, x.name, node.outputs[0].name, int(n_in), int(n_out), 1,
+    bias = _matmul_bias(node, n_out)
+    if bias is not None:
+        params += n_out
+    return Layer(node.name, op, w.name, bias, x.name, node.outputs[0].name, int(n_in), int(n_out), 1,
                  (1, 1), (1, 1), (1, 1), (rows, 1), int(n_in * n_out * rows), params)
+
+
+def _matmul_bias(node: ir.Node, n_out: int) -> str | None:
+    """The constant of an Add that directly follows a MatMul and adds one value per output."""
+    uses = list(node.outputs[0].uses())
+    if len(uses) != 1 or uses[0][0].op_type != "Add":
+        return None
+    add = uses[0][0]
+    for v in add.inputs:
+        if v is not None and v is not node.outputs[0] and v.const_value is not None:
+            if int(np.prod(v.const_value.shape)) == n_out and v.const_value.shape[-1] == n_out:
+                return v.name
+    return None
 
 
 def find_layers(model: ir.Model) -> list[Layer]:

@@ -150,7 +150,32 @@ def select_channels(
     for d in drop:
         lab_keep[d] = False
     del keep_labels
+    if drop:
+        _keep_one_per_part(analysis, lab_keep, importance)
     return lab_keep[g.labels]
+
+
+def _keep_one_per_part(analysis: Analysis, lab_keep: np.ndarray, importance: Mapping[int, np.ndarray]) -> None:
+    """Every Split output and Slice range keeps at least its most important channel.
+
+    A plan may otherwise empty one branch of a Split (YOLO/CSP blocks); such a plan keeps a
+    channel more than asked rather than producing an invalid model.
+    """
+    g = analysis.graph
+    score = np.zeros(g.n_ids)
+    for grp in analysis.groups:
+        if grp.id in importance:
+            score[grp.components] = importance[grp.id]
+    parts: list[np.ndarray] = []
+    for rec in g.records:
+        if rec.kind == "split":
+            parts.extend(np.asarray(p, dtype=np.int64) for p in rec.extra if p)
+        elif rec.kind == "slice":
+            parts.append(rec.ids[rec.extra[2]:rec.extra[3]])
+    for ids in parts:
+        labels = g.labels[ids]
+        if not lab_keep[labels].any():
+            lab_keep[labels[np.argmax(score[labels])]] = True
 
 
 class ChannelPruningPass(ir.passes.InPlacePass):
