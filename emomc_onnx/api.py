@@ -134,3 +134,98 @@ def profile(
     if compare:
         return compare_dataflows(layers, prof, coding=coding)
     return model_cost(layers, prof, dataflow, coding)
+
+
+def compress(
+    model: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    *,
+    profile_name: str = "eyeriss",
+    data: str | os.PathLike[str] | None = None,
+    space: str = "full",
+    objectives: Sequence[str] = ("error", "energy", "size"),
+    max_accuracy_drop: float | None = None,
+    generations: int = 6,
+    population: int = 16,
+    max_evaluations: int | None = None,
+    time_budget_s: float | None = None,
+    eval_samples: int = 1000,
+    calib_samples: int = 256,
+    metric: str | None = None,
+    dataflow: str | None = None,
+    coding: str | None = None,
+    workers: int | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    input_shapes=None,
+    progress=None,
+    extra_points: Mapping | None = None,
+):
+    """Run the two-stage search and export the front; returns (result, entries, evaluator)."""
+    from emomc_onnx.candidate import EvaluatorConfig, make_space
+    from emomc_onnx.export.front import export_front
+    from emomc_onnx.search.driver import SearchConfig, run_search
+    from emomc_onnx.search.store import ResultStore
+
+    shapes = _shapes(input_shapes) or {}
+    workers = workers or min(os.cpu_count() or 1, 2)
+    config = EvaluatorConfig(
+        model=str(pathlib.Path(str(model)).resolve()), profile=profile_name,
+        data=str(pathlib.Path(str(data)).resolve()) if data else None,
+        input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()), dataflow=dataflow, coding=coding,
+        metric=metric, eval_samples=eval_samples, calib_samples=calib_samples, seed=seed,
+    )
+    evaluator = config()
+    search_space = make_space(evaluator, kind=space)
+    out = pathlib.Path(str(outdir))
+    out.mkdir(parents=True, exist_ok=True)
+    sconfig = SearchConfig(objectives=tuple(objectives), population=population, generations=generations,
+                           max_evaluations=max_evaluations, time_budget_s=time_budget_s,
+                           max_accuracy_drop=max_accuracy_drop, workers=workers, resume=resume)
+    with ResultStore.in_dir(out) as store:
+        result = run_search(search_space, config, sconfig, store, progress=progress, seed=seed)
+    entries = export_front(result, evaluator, out, extra_points=extra_points)
+    return result, entries, evaluator
+
+
+def select(outdir, *, max_energy=None, max_size_bits=None, min_accuracy=None, prefer="energy"):
+    """The best front member of a compress run that fits the limits (or None)."""
+    from emomc_onnx.export.select import select as _select
+
+    return _select(outdir, max_energy=max_energy, max_size_bits=max_size_bits, min_accuracy=min_accuracy,
+                   prefer=prefer)
+
+
+def quantize(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    wbits: int = 8,
+    abits: int = 8,
+    data: str | os.PathLike[str] | None = None,
+    calibration: str = "minmax",
+    per_tensor: bool = False,
+    calib_samples: int = 256,
+    input_shapes=None,
+) -> dict:
+    """Quantize every compute layer to ``wbits``/``abits`` (QDQ); write it; return a summary."""
+    from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
+    from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
+
+    if data is None:
+        raise EmomcError("quantize needs calibration data: --data FILE.npz")
+    loaded = load(model, input_shapes)
+    analysis = _analyze(loaded.model)
+    proto = loaded.proto()
+    batches = calibration_batches(data, proto, calib_samples)
+    feeds = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    names = [lay.name for lay in analysis.layers]
+    ranges = calibrate(proto, feeds, activation_tensors(proto, names), method=calibration)
+    plan = QuantPlan(layers={n: LayerBits(wbits, abits) for n in names}, per_channel=not per_tensor)
+    qproto = quantize_model(proto, plan, ranges)
+    io.save_model(qproto, output)
+    size_before = sum(lay.params for lay in analysis.layers) * 32
+    size_after = sum(lay.params for lay in analysis.layers) * wbits
+    return {"title": f"quantize {pathlib.Path(str(model)).name} to W{wbits}A{abits}",
+            "before": {"weight bits": size_before}, "after": {"weight bits": size_after},
+            "output": str(output)}

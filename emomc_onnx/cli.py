@@ -124,6 +124,31 @@ def prune(model, demo, ratio, sparsity, pattern, criterion, recovery, multiple, 
 
 @main.command()
 @click.argument("model", required=False)
+@click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
+@click.option("--wbits", type=click.IntRange(2, 16), default=8, show_default=True)
+@click.option("--abits", type=click.IntRange(4, 16), default=8, show_default=True)
+@click.option("--data", type=click.Path(), default=None, help="Calibration .npz (one array per input).")
+@click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True)
+@click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default per output channel).")
+@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("-o", "--output", type=click.Path(), required=True)
+@input_shape_option
+@_handle_errors
+def quantize(model, demo, wbits, abits, data, calibration, per_tensor, calib_samples, output,
+             input_shapes) -> None:
+    """Quantize MODEL to QDQ with one uniform bit width."""
+    from emomc_onnx import api
+    from emomc_onnx.report import render_before_after
+
+    summary = api.quantize(_model_arg(model, demo), output, wbits=wbits, abits=abits,
+                           data=_data_arg(data, demo), calibration=calibration, per_tensor=per_tensor,
+                           calib_samples=calib_samples, input_shapes=input_shapes)
+    render_before_after(summary, console)
+
+
+@main.command()
+@click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model.")
 @click.option("--profile", "profile_name", default="eyeriss", show_default=True,
               help="Hardware profile: a shipped name or a YAML path.")
@@ -147,6 +172,91 @@ def profile(model, demo, profile_name, dataflow, coding, compare, as_json, input
         render_comparison(result, console)
     else:
         render(result, console)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
+@click.option("--profile", "profile_name", default="eyeriss", show_default=True,
+              help="Hardware profile: a shipped name or a YAML path.")
+@click.option("--data", type=click.Path(), default=None, help=".npz with one array per model input (+ labels).")
+@click.option("-o", "--output", "outdir", type=click.Path(), default="emomc_out", show_default=True,
+              help="Output directory.")
+@click.option("--space", type=click.Choice(["full", "emomc"]), default="full", show_default=True,
+              help="Search space: ours, or the paper's (one global density, one bit width per layer).")
+@click.option("--objectives", default="error,energy,size", show_default=True)
+@click.option("--max-accuracy-drop", type=float, default=None, help="Constraint, in points.")
+@click.option("--generations", type=int, default=6, show_default=True, help="Generations per stage.")
+@click.option("--population", type=int, default=16, show_default=True)
+@click.option("--max-evaluations", type=int, default=None)
+@click.option("--time-budget", type=float, default=None, help="Seconds for the whole search.")
+@click.option("--eval-samples", type=int, default=1000, show_default=True)
+@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--metric", default=None, help="accuracy | agreement | sqnr | cosine | module:function")
+@click.option("--dataflow", default=None)
+@click.option("--coding", default=None)
+@click.option("--workers", type=int, default=None, help="Evaluation processes (default: all cores).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Reuse candidates already evaluated in OUTDIR/results.sqlite.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@input_shape_option
+@_handle_errors
+def compress(model, demo, profile_name, data, outdir, space, objectives, max_accuracy_drop, generations,
+             population, max_evaluations, time_budget, eval_samples, calib_samples, metric, dataflow,
+             coding, workers, resume, seed, input_shapes) -> None:
+    """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
+    from emomc_onnx import api
+    from emomc_onnx.export.report import render_summary
+    from emomc_onnx.progress import SearchProgress
+
+    objs = tuple(o.strip() for o in objectives.split(",") if o.strip())
+    with SearchProgress(console) as bar:
+        result, entries, _ = api.compress(
+            _model_arg(model, demo), outdir, profile_name=profile_name, data=_data_arg(data, demo),
+            space=space, objectives=objs, max_accuracy_drop=max_accuracy_drop, generations=generations,
+            population=population, max_evaluations=max_evaluations, time_budget_s=time_budget,
+            eval_samples=eval_samples, calib_samples=calib_samples, metric=metric, dataflow=dataflow,
+            coding=coding, workers=workers, resume=resume, seed=seed, input_shapes=input_shapes,
+            progress=bar.update,
+        )
+    render_summary(entries, console, baseline=result.baseline)
+    console.print(
+        f"{result.n_evaluations} candidates ({result.n_fresh} evaluated, {result.n_cached} from the store) "
+        f"in {result.elapsed_s:.1f} s; front hypervolume {result.front_hv:.4f}"
+        + (" [yellow](interrupted: partial front)[/]" if result.interrupted else ""))
+    console.print(f"wrote {outdir}/front/ ({len(entries)} models), front.json, front.csv, pareto.png, "
+                  f"convergence.png, results.sqlite")
+
+
+@main.command()
+@click.argument("outdir", type=click.Path())
+@click.option("--max-energy", type=float, default=None, help="In the profile's energy unit (see front.json).")
+@click.option("--max-size", "max_size", type=float, default=None, help="Coded size limit in bits.")
+@click.option("--min-accuracy", type=float, default=None, help="Minimum metric on the full data (0..1).")
+@click.option("--prefer", type=click.Choice(["energy", "size", "accuracy"]), default="energy", show_default=True)
+@click.option("-o", "--output", type=click.Path(), default=None, help="Copy the chosen model here.")
+@_handle_errors
+def select(outdir, max_energy, max_size, min_accuracy, prefer, output) -> None:
+    """Pick the best front member of OUTDIR that fits a device; exit code 1 if none fits."""
+    import shutil
+
+    from emomc_onnx import api
+
+    entry = api.select(outdir, max_energy=max_energy, max_size_bits=max_size, min_accuracy=min_accuracy,
+                       prefer=prefer)
+    if entry is None:
+        err_console.print("no front member fits these limits")
+        sys.exit(1)
+    src = entry.path(outdir)
+    console.print(f"selected {src.name}: accuracy {entry.accuracy:.4f}, energy {entry.energy:.4g}, "
+                  f"size {entry.size_bits / 8 / 1024:.1f} KiB")
+    if output:
+        tmp = f"{output}.tmp"
+        shutil.copyfile(src, tmp)
+        import os
+
+        os.replace(tmp, output)
+        console.print(f"wrote {output}")
 
 
 if __name__ == "__main__":  # pragma: no cover

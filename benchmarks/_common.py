@@ -1,0 +1,50 @@
+"""Shared helpers for benchmark scripts: timing, a rich table, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def timeit(fn: Callable[[], object], repeat: int = 5) -> dict:
+    """Median and min wall time of ``repeat`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeat": repeat}
+
+
+def write(name: str, rows: list[dict], title: str, extra: dict | None = None) -> pathlib.Path:
+    """Print rows as a table and write them (plus machine info) to results/NAME.json."""
+    console = Console(width=160)
+    table = Table(title=title)
+    cols = list(rows[0]) if rows else []
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()])
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    data = {"rows": rows, "cpu_count": os.cpu_count(), **(extra or {})}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, out)
+    console.print(f"wrote {out}")
+    return out

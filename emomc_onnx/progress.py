@@ -1,0 +1,41 @@
+"""A live progress bar for the search (rich): stage, generation, evaluations, best figures, HV."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["SearchProgress"]
+
+
+class SearchProgress:
+    """Context manager whose ``update`` is the search driver's progress callback."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]stage {task.fields[stage]}[/] gen {task.fields[gen]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} evals"),
+            TextColumn("{task.fields[best]}"),
+            TextColumn("HV {task.fields[hv]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = None
+
+    def __enter__(self) -> SearchProgress:
+        self._progress.__enter__()
+        self._task = self._progress.add_task("search", total=None, stage="-", gen="-", best="", hv="-")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, event) -> None:
+        best = ", ".join(f"{k} {v:.4g}" for k, v in (event.best or {}).items())
+        self._progress.update(
+            self._task, completed=event.n_evaluations, total=event.max_evaluations,
+            stage=f"{event.stage}" if event.phase == "search" else event.phase,
+            gen=f"{event.generation}/{event.generations}", best=best, hv=f"{event.hv:.4f}",
+        )
