@@ -19,9 +19,8 @@ import onnx
 
 from emomc_onnx import io
 from emomc_onnx.analysis import Analysis, analyze
-from emomc_onnx.errors import DataError
 
-__all__ = ["EvaluatorConfig", "OnnxEvaluator", "make_space", "weight_codes"]
+__all__ = ["EvaluatorConfig", "OnnxEvaluator", "make_space"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +46,6 @@ class EvaluatorConfig:
 
     def __call__(self) -> OnnxEvaluator:
         return OnnxEvaluator(self)
-
-
-def weight_codes(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Weight name -> stored integer codes for weights behind a DequantizeLinear."""
-    inits = {t.name: t for t in proto.graph.initializer}
-    out = {}
-    for node in proto.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            out[node.output[0]] = onnx.numpy_helper.to_array(inits[node.input[0]])
-    return out
 
 
 class OnnxEvaluator:
@@ -117,26 +106,41 @@ class OnnxEvaluator:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ---- building --------------------------------------------------------------------
-    def _pruned_float(self, plan) -> io.ir.Model:
-        from emomc_onnx.passes.channel_pruning import PruningPlan, apply_keep_mask, group_importance, select_channels
+    def _pruned_float(self, plan) -> tuple[io.ir.Model, np.ndarray | None]:
+        """The pruned float model (bias-compensated) and the channel keep mask."""
+        from emomc_onnx.passes.channel_pruning import (
+            PruningPlan,
+            apply_keep_mask,
+            group_importance,
+            select_channels,
+        )
         from emomc_onnx.passes.recovery import _bias_compensation, _consumer_masks
 
         model = io.clone(self.loaded.model)
-        keep_plan = PruningPlan(keep=dict(plan.keep))
-        if any(k < g.channels for g in self.analysis.groups for gid, k in keep_plan.keep.items() if gid == g.id):
-            importance = group_importance(model, self.analysis, "l1")
-            keep = select_channels(self.analysis, keep_plan, importance)
-            if self.means is not None:
-                masks = _consumer_masks(self.analysis, keep)
-                _bias_compensation(model, self.analysis, masks, self.means)
-            apply_keep_mask(model, self.analysis, keep)
-        return model
+        sizes = {g.id: g.channels for g in self.analysis.groups}
+        keep_counts = {gid: k for gid, k in plan.keep.items() if k < sizes.get(gid, k + 1)}
+        if not keep_counts:
+            return model, None
+        keep_plan = PruningPlan(keep=keep_counts)
+        keep = select_channels(self.analysis, keep_plan, self._importance(model))
+        if self.means is not None:
+            masks = _consumer_masks(self.analysis, keep)
+            _bias_compensation(model, self.analysis, masks, self.means)
+        apply_keep_mask(model, self.analysis, keep)
+        return model, keep
+
+    def _importance(self, model):
+        from emomc_onnx.passes.channel_pruning import group_importance
+
+        if getattr(self, "_imp", None) is None:
+            self._imp = group_importance(model, self.analysis, "l1")
+        return self._imp
 
     def build(self, plan) -> onnx.ModelProto:
         """The deployable model for a plan (float if the plan has no bit widths)."""
         from emomc_onnx.passes.sparsity import SparsityPlan, sparsify_model
 
-        model = self._pruned_float(plan)
+        model, _ = self._pruned_float(plan)
         proto = io.to_proto(model)
         dens = {k: float(v) for k, v in plan.density.items() if v < 1.0}
         if dens:
@@ -168,31 +172,28 @@ class OnnxEvaluator:
 
     # ---- measuring -------------------------------------------------------------------
     def cost(self, proto: onnx.ModelProto, plan):
-        """Energy and coded size of a built candidate under the profile."""
-        from emomc_onnx.cost import CostLayer, model_cost
+        """Energy and coded size of a built candidate under the profile.
 
-        model = io.from_proto(proto) if not isinstance(proto, io.ir.Model) else proto
-        # layers of the float skeleton: analysis of the model without QDQ nodes
-        float_model = self._pruned_float(plan) if _has_qdq(proto) else model
-        layers = analyze(float_model).layers if float_model is not model else analyze(model).layers
-        codes = weight_codes(proto)
-        inits = {t.name: t for t in proto.graph.initializer}
+        Layer shapes come from the analysis and the plan (no re-analysis of the built model);
+        weights are read from the built model (integer codes behind DequantizeLinear).
+        """
+        from emomc_onnx.costing import cost_model
+        from emomc_onnx.passes.channel_pruning import predict_layers
+
+        sizes = {g.id: g.channels for g in self.analysis.groups}
+        if any(k < sizes.get(gid, k + 1) for gid, k in plan.keep.items()):
+            from emomc_onnx.passes.channel_pruning import PruningPlan, select_channels
+
+            keep = select_channels(self.analysis, PruningPlan(keep=dict(plan.keep)),
+                                   self._importance(self.loaded.model))
+            layers = predict_layers(self.analysis, keep)
+        else:
+            layers = self.analysis.layers
         ref_w, ref_a = self.reference_bits()
-        cost_layers = []
-        for lay in layers:
-            wb = plan.wbits.get(lay.name) or ref_w
-            ab = plan.abits.get(lay.name) or ref_a
-            if lay.weight in codes:
-                w = codes[lay.weight]
-            elif lay.weight in inits:
-                w = onnx.numpy_helper.to_array(inits[lay.weight])
-            else:  # weight renamed by quantization: find by the DQ output name
-                w = next((v for k, v in codes.items() if k.startswith(lay.weight)), None)
-                if w is None:
-                    raise DataError(f"cost: weight of layer {lay.name} not found in the built model")
-            bias_elems = lay.out_channels if lay.bias else 0
-            cost_layers.append(CostLayer(lay, np.asarray(w), int(wb), int(ab), bias_elems=bias_elems))
-        return model_cost(cost_layers, self.profile, self.config.dataflow, self.config.coding)
+        bits = {lay.name: (plan.wbits.get(lay.name) or ref_w, plan.abits.get(lay.name) or ref_a)
+                for lay in layers}
+        return cost_model(proto, self.profile, self.config.dataflow, self.config.coding, layers=layers,
+                          bits=bits)
 
     def reference_bits(self) -> tuple[int, int]:
         """Bits at which float layers are costed (the profile's baseline word)."""
@@ -231,10 +232,6 @@ class OnnxEvaluator:
         if self._baseline is None:
             self._baseline = self.evaluate(CompressionPlan(keep={}, density={}, wbits={}, abits={}), "full")
         return self._baseline
-
-
-def _has_qdq(proto: onnx.ModelProto) -> bool:
-    return any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
 
 
 def _params(proto: onnx.ModelProto) -> int:

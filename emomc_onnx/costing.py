@@ -40,16 +40,18 @@ def cost_layers(
         bits = {k: (v.wbits, v.abits) for k, v in read_layer_bits(proto).items()}
     bits = bits or {}
     codes = weight_codes(proto) if quantized else {}
-    inits = {t.name: t for t in view.graph.initializer}
+    inits = {t.name: t for t in proto.graph.initializer}
+    weight_input = {n.name: n.input[1] for n in proto.graph.node if len(n.input) > 1}
     ref_w = int(profile.baseline_weight_bits)
     ref_a = int(getattr(profile, "baseline_activation_bits", ref_w) or ref_w)
     out = []
     for lay in layers:
         wb, ab = bits.get(lay.name, (None, None))
-        if lay.weight in codes:
-            w = codes[lay.weight]
-        elif lay.weight in inits:
-            w = numpy_helper.to_array(inits[lay.weight])
+        name = weight_input.get(lay.name, lay.weight)
+        if name in codes:
+            w = codes[name]
+        elif name in inits:
+            w = numpy_helper.to_array(inits[name])
         else:
             w = None
         out.append(CostLayer(lay, None if w is None else np.asarray(w), int(wb or ref_w), int(ab or ref_a),
