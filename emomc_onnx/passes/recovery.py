@@ -175,24 +175,26 @@ def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
     if not targets:
         return
     rng = np.random.default_rng(seed)
-    rows: dict[str, list[np.ndarray]] = {layer.input: [] for layer in targets}
-    by_input = {layer.input: layer for layer in targets}
+    rows: dict[str, list[np.ndarray]] = {layer.name: [] for layer in targets}
+    by_input: dict[str, list[Layer]] = {}
+    for layer in targets:
+        by_input.setdefault(layer.input, []).append(layer)
     per_batch = max(1, max_rows // max(len(batches), 1))
 
     def reduce(name: str, arr: np.ndarray) -> None:
-        layer = by_input[name]
-        if layer.op_type == "Conv":
-            rows[name].append(_im2col_rows(arr.astype(np.float64), nodes[layer.name],
-                                           layer.kernel, rng, per_batch))
-        else:
-            flat = arr.reshape(-1, arr.shape[-1]).astype(np.float64)
-            pick = rng.choice(len(flat), size=min(per_batch, len(flat)), replace=False)
-            rows[name].append(flat[pick])
+        for layer in by_input[name]:
+            if layer.op_type == "Conv":
+                rows[layer.name].append(_im2col_rows(arr.astype(np.float64), nodes[layer.name],
+                                                     layer.kernel, rng, per_batch))
+            else:
+                flat = arr.reshape(-1, arr.shape[-1]).astype(np.float64)
+                pick = rng.choice(len(flat), size=min(per_batch, len(flat)), replace=False)
+                rows[layer.name].append(flat[pick])
 
-    collect_tensors(original, batches, sorted(rows), reduce)
+    collect_tensors(original, batches, sorted(by_input), reduce)
     for layer in targets:
         node = nodes[layer.name]
-        x = np.concatenate(rows[layer.input])
+        x = np.concatenate(rows[layer.name])
         trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
         w = node.inputs[1].const_value.numpy()
         w_oi = _weight_as_out_in(layer, w, trans_b).astype(np.float64)
