@@ -126,7 +126,7 @@ def profile(
     from emomc_onnx.cost import compare_dataflows, model_cost
 
     prof = load_profile(profile_name)
-    raw = io._read_proto(pathlib.Path(model))
+    raw, _ = io._read_proto(pathlib.Path(model))
     shapes = _shapes(input_shapes)
     if shapes:
         io._fix_input_shapes(raw, shapes, str(model))

@@ -87,13 +87,15 @@ def model_sha256(proto: onnx.ModelProto) -> str:
     return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _read_proto(path: pathlib.Path) -> onnx.ModelProto:
+def _read_proto(path: pathlib.Path) -> tuple[onnx.ModelProto, str]:
+    """The model (external data loaded) and the sha256 of the file's bytes."""
     if not path.exists():
         raise ModelError(f"{path}: no such file")
     if path.is_dir():
         raise ModelError(f"{path}: is a directory, not an ONNX file")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        data = path.read_bytes()
+        proto = onnx.load_from_string(data)
     except (google.protobuf.message.DecodeError, ValueError, RuntimeError, TypeError) as exc:
         raise ModelError(f"{path}: not a valid ONNX model (truncated or not ONNX: {_first_line(exc)})") from None
     except Exception as exc:  # protobuf raises a variety of errors for junk input
@@ -101,7 +103,7 @@ def _read_proto(path: pathlib.Path) -> onnx.ModelProto:
     if not proto.graph.node and not proto.graph.output:
         raise ModelError(f"{path}: not a valid ONNX model (empty graph; truncated or not ONNX)")
     _load_external(proto, path)
-    return proto
+    return proto, hashlib.sha256(data).hexdigest()
 
 
 def _load_external(proto: onnx.ModelProto, path: pathlib.Path) -> None:
@@ -154,9 +156,9 @@ def _convert_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
 
 def _check(proto: onnx.ModelProto, where: str) -> None:
     try:
-        if proto.ByteSize() < 2**31 - 1:
+        try:
             onnx.checker.check_model(proto)
-        else:  # large models: the checker needs a path
+        except ValueError:  # over 2 GB: the checker needs a path
             with tempfile.TemporaryDirectory() as tmp:
                 p = os.path.join(tmp, "m.onnx")
                 onnx.save(proto, p, save_as_external_data=True)
@@ -204,8 +206,8 @@ def load_model(
         ModelError: a one-line explanation naming the file.
     """
     p = pathlib.Path(path)
-    proto = _read_proto(p)
-    return load_proto(proto, where=str(p), input_shapes=input_shapes, path=p)
+    proto, sha = _read_proto(p)
+    return load_proto(proto, where=str(p), input_shapes=input_shapes, path=p, sha256=sha)
 
 
 def load_proto(
@@ -214,11 +216,12 @@ def load_proto(
     where: str = "<model>",
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     path: pathlib.Path | None = None,
+    sha256: str | None = None,
 ) -> LoadedModel:
     """Check and normalise an in-memory ModelProto (not modified)."""
     proto_copy = onnx.ModelProto()
     proto_copy.CopyFrom(proto)
-    sha = model_sha256(proto_copy)
+    sha = sha256 or model_sha256(proto_copy)
     _check(proto_copy, where)
     proto_copy = _convert_opset(proto_copy, where)
     if input_shapes:

@@ -216,24 +216,24 @@ class ChannelGraph:
 
     def _fill_members(self) -> None:
         nodes = {n.name: n for n in self.model.graph}
+        gid_of_label = np.full(self.n_ids, -1, dtype=np.int64)
+        for lab, gid in self.group_of_label.items():
+            gid_of_label[lab] = gid
+        index: dict[tuple[int, str, str, str], int] = {}
         for rec in self.records:
-            if rec.kind in ("group",):
+            if rec.kind == "group" or not len(rec.ids):
                 continue
-            labs = self.labels[rec.ids] if len(rec.ids) else np.zeros(0, dtype=np.int64)
-            for lab, count in zip(*np.unique(labs, return_counts=True)):
-                gid = self.group_of_label.get(int(lab))
-                if gid is None:
+            gids = gid_of_label[self.labels[rec.ids]]
+            for gid, count in zip(*np.unique(gids[gids >= 0], return_counts=True)):
+                group = self.groups[int(gid)]
+                key = (int(gid), rec.node, rec.kind, rec.value)
+                if key in index:
+                    m = group.members[index[key]]
+                    group.members[index[key]] = dataclasses.replace(m, channels=m.channels + int(count))
                     continue
-                group = self.groups[gid]
-                key = (rec.node, rec.kind, rec.value)
-                found = next((i for i, m in enumerate(group.members)
-                              if (m.node, m.role, m.tensor) == key), None)
-                if found is None:
-                    op = nodes[rec.node].op_type if rec.node in nodes else "?"
-                    group.members.append(Member(rec.node, op, rec.kind, rec.value, int(count)))
-                else:
-                    m = group.members[found]
-                    group.members[found] = dataclasses.replace(m, channels=m.channels + int(count))
+                op = nodes[rec.node].op_type if rec.node in nodes else "?"
+                index[key] = len(group.members)
+                group.members.append(Member(rec.node, op, rec.kind, rec.value, int(count)))
 
     def keep_mask(self, keep_labels: np.ndarray) -> np.ndarray:
         """Boolean per id: True where the id's component is kept."""
