@@ -1,0 +1,102 @@
+"""End to end on the embedded demo: a tiny search writes every output, and they re-evaluate exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from emomc_onnx.api import demo_paths
+from emomc_onnx.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress")
+    result = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), "--generations", "1",
+                                       "--population", "6", "--workers", "1", "--eval-samples", "300",
+                                       "--calib-samples", "64"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_outputs_exist_and_parse(run_dir) -> None:
+    for name in ("front.json", "front.csv", "pareto.png", "convergence.png", "results.sqlite"):
+        assert (run_dir / name).stat().st_size > 0, name
+    front = json.loads((run_dir / "front.json").read_text())
+    assert front["members"]
+    errors = [(m["error"], m["energy"], m["size_bits"]) for m in front["members"]]
+    for a in errors:  # non-dominated on the recorded full-data figures
+        assert not any(all(bi <= ai for ai, bi in zip(a, b)) and b != a for b in errors)
+
+
+def test_front_members_run_and_reevaluate_to_recorded_accuracy(run_dir) -> None:
+    front = json.loads((run_dir / "front.json").read_text())
+    data = np.load(demo_paths()[1])
+    x, y = data["input"].astype(np.float32), data["labels"]
+    for member in front["members"]:
+        path = run_dir / member["file"]
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        pred = sess.run(None, {"input": x})[0].argmax(1)
+        # the full-data figure is over the evaluation samples (all but the calibration ones)
+        n_eval = len(x) - 64
+        acc_all = (pred == y).mean()
+        assert abs(acc_all - member["accuracy"]) <= 64 / len(x) + 1e-9
+    # exact re-evaluation on the same evaluation split
+    from emomc_onnx.evaluate.data import load_data
+
+    ds = load_data(demo_paths()[1])
+    _, ev = ds.split(calib=64, eval=None, seed=0)
+    for member in front["members"]:
+        sess = ort.InferenceSession(str(run_dir / member["file"]), providers=["CPUExecutionProvider"])
+        pred = sess.run(None, {"input": ev.arrays["input"].astype(np.float32)})[0].argmax(1)
+        assert (pred == ev.labels).mean() == pytest.approx(member["accuracy"], abs=1e-12)
+    assert n_eval == len(ev)
+
+
+def test_select_picks_or_exits_1(run_dir, tmp_path) -> None:
+    out = tmp_path / "chosen.onnx"
+    ok = CliRunner().invoke(main, ["select", str(run_dir), "--min-accuracy", "0.5", "-o", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert out.exists()
+    front = json.loads((run_dir / "front.json").read_text())
+    fits = [m for m in front["members"] if m["accuracy"] >= 0.5]
+    assert onnx.load(str(out)).SerializeToString() == onnx.load(
+        str(run_dir / min(fits, key=lambda m: m["energy"])["file"])).SerializeToString()
+    none = CliRunner().invoke(main, ["select", str(run_dir), "--min-accuracy", "1.01"])
+    assert none.exit_code == 1
+    bad = CliRunner().invoke(main, ["select", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_resume_reevaluates_nothing(run_dir) -> None:
+    result = CliRunner().invoke(main, ["compress", "--demo", "-o", str(run_dir), "--generations", "1",
+                                       "--population", "6", "--workers", "1", "--eval-samples", "300",
+                                       "--calib-samples", "64"])
+    assert result.exit_code == 0, result.output
+    assert "0 evaluated" in result.output
+
+
+def test_prune_quantize_profile_commands_on_demo(tmp_path) -> None:
+    r = CliRunner()
+    pr = r.invoke(main, ["prune", "--demo", "--ratio", "0.25", "--recovery", "bias", "-o", str(tmp_path / "p.onnx")])
+    assert pr.exit_code == 0, pr.output
+    q = r.invoke(main, ["quantize", str(tmp_path / "p.onnx"), "--data", str(demo_paths()[1]), "--wbits", "6",
+                        "--abits", "8", "-o", str(tmp_path / "q.onnx")])
+    assert q.exit_code == 0, q.output
+    from emomc_onnx.passes.qdq_bits import read_layer_bits
+
+    bits = read_layer_bits(onnx.load(str(tmp_path / "q.onnx")))
+    assert bits and all(b.wbits == 6 and b.abits == 8 for b in bits.values())
+    for prof in ("eyeriss", "emomc", "edge_npu", "mcu"):
+        p = r.invoke(main, ["profile", str(tmp_path / "q.onnx"), "--profile", prof, "--json"])
+        assert p.exit_code == 0, p.output
+        assert json.loads(p.output)["energy"] > 0
+    bad = r.invoke(main, ["quantize", "--demo", "-o", str(tmp_path / "x.onnx"), "--data", str(tmp_path / "no.npz")])
+    assert bad.exit_code == 2 and "no such data file" in bad.output
