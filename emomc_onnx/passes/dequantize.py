@@ -69,6 +69,7 @@ def float_view(proto: onnx.ModelProto) -> onnx.ModelProto:
     new_inits: list[onnx.TensorProto] = []
     keep_nodes: list[onnx.NodeProto] = []
     producers = {o: n for n in proto.graph.node for o in n.output}
+    graph_outputs = {o.name for o in proto.graph.output}
     for node in proto.graph.node:
         if node.op_type in _DQ and node.input[0] in inits:
             q = numpy_helper.to_array(inits[node.input[0]])
@@ -79,12 +80,15 @@ def float_view(proto: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type in _DQ:
             src = producers.get(node.input[0])
             if src is not None and src.op_type in _Q:
-                rename[node.output[0]] = src.input[0]
+                if node.output[0] in graph_outputs:  # keep the output's name: Identity from the float
+                    keep_nodes.append(onnx.helper.make_node("Identity", [src.input[0]], [node.output[0]],
+                                                            name=f"{node.name}_float"))
+                else:
+                    rename[node.output[0]] = src.input[0]
                 continue
         if node.op_type in _Q:
             continue
         keep_nodes.append(node)
-    graph_outputs = {o.name for o in proto.graph.output}
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     del out.graph.node[:]
@@ -96,9 +100,6 @@ def float_view(proto: onnx.ModelProto) -> onnx.ModelProto:
                 name = rename[name]
             n.input[i] = name
         out.graph.node.append(n)
-    for o in out.graph.output:
-        if o.name in rename and o.name in graph_outputs:  # pragma: no cover - outputs stay float
-            logger.warning("graph output %s is quantized", o.name)
     used = {i for n in out.graph.node for i in n.input}
     kept = [t for t in out.graph.initializer if t.name in used]
     del out.graph.initializer[:]
