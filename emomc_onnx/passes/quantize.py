@@ -41,6 +41,7 @@ WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 ACTIVATION_BITS = (4, 5, 6, 7, 8, 16)
 _OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _RATIOS = np.linspace(0.5, 1.0, 16)
+_SAMPLE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,26 +77,32 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int | None, method: str = "m
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric codes and scales; ``axis`` None = per tensor. Returns (codes int64, scale)."""
     qmax = 2 ** (bits - 1) - 1
-    w64 = w.astype(np.float64)
-    rows = w64.reshape(1, -1) if axis is None else np.moveaxis(w64, axis, 0).reshape(w.shape[axis], -1)
-    maxabs = np.abs(rows).max(axis=1)
+    w32 = w.astype(np.float32)
+    rows = w32.reshape(1, -1) if axis is None else np.moveaxis(w32, axis, 0).reshape(w.shape[axis], -1)
+    maxabs = np.abs(rows).max(axis=1).astype(np.float64)
     maxabs = np.where(maxabs > 0, maxabs, 1.0)
     ratios = _RATIOS if method == "mse" else np.array([1.0])
     if bits >= 16:
         ratios = np.array([1.0])
+    # the clipping ratio is chosen on at most _SAMPLE evenly strided weights per channel (plus
+    # each channel's largest one, which sets the range), then all weights are quantized once
+    step = max(1, rows.shape[1] // _SAMPLE)
+    sample = rows[:, ::step]
+    sample = np.concatenate([sample, rows[np.arange(len(rows)), np.abs(rows).argmax(axis=1)][:, None]], axis=1)
     best_err = np.full(len(rows), np.inf)
     best_scale = maxabs / qmax
-    for r in ratios:  # loop over a handful of ratios; vectorised over channels and weights
-        scale = r * maxabs / qmax
-        q = np.clip(np.rint(rows / scale[:, None]), -qmax, qmax)
-        err = ((q * scale[:, None] - rows) ** 2).sum(axis=1)
+    for r in ratios:  # a handful of ratios; vectorised over channels and weights
+        scale = (r * maxabs / qmax).astype(np.float32)
+        q = np.clip(np.rint(sample / scale[:, None]), -qmax, qmax)
+        err = ((q * scale[:, None] - sample) ** 2).sum(axis=1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
+    best_scale = best_scale.astype(np.float32)
     q = np.clip(np.rint(rows / best_scale[:, None]), -qmax, qmax)
     if axis is None:
         return q.reshape(w.shape).astype(np.int64), best_scale.astype(np.float32)[0]
-    codes = np.moveaxis(q.reshape(np.moveaxis(w64, axis, 0).shape), 0, axis)
+    codes = np.moveaxis(q.reshape(np.moveaxis(w32, axis, 0).shape), 0, axis)
     return codes.astype(np.int64), best_scale.astype(np.float32)
 
 
