@@ -44,6 +44,13 @@ def cases():
         yield "demo (MNIST)", str(demo_model_path()), x[:256], x[256:], data["labels"][256:], 8
     except Exception as exc:  # demo files not built yet
         print(f"demo model unavailable: {exc}")
+    from _common import ROOT
+
+    if (ROOT / "benchmarks/models/resnet.onnx").exists():
+        data = np.load(ROOT / "benchmarks/models/mnist_heldout.npz")
+        x = data["input"].astype(np.float32)
+        yield ("resnet-style (MNIST)", str(ROOT / "benchmarks/models/resnet.onnx"), x[:256], x[256:],
+               data["labels"][256:], 8)
     fx = build("resnet")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1256, 3, 16, 16)).astype(np.float32)
@@ -62,9 +69,8 @@ def main() -> None:
         original = loaded.proto()
         ref = _run(original, evalx)
         batches = [{"input": calib[i:i + 64]} for i in range(0, len(calib), 64)]
-        base = {"model": name, "removed": 0.0, "recovery": "-", "MACs": analysis.macs}
-        if labels is not None:
-            base["accuracy"] = float((ref.argmax(1) == labels).mean())
+        base = {"model": name, "removed": 0.0, "recovery": "-", "MACs": analysis.macs,
+                "accuracy": float((ref.argmax(1) == labels).mean()) if labels is not None else None}
         base.update({"agreement": 1.0, "SQNR dB": float("inf"), "recovery s/sample": 0.0})
         rows.append(base)
         for ratio in (0.3, 0.5):
@@ -75,9 +81,8 @@ def main() -> None:
                 prune_with_recovery(model, analysis, plan, recovery=rec, original=original, batches=batches)
                 dt = time.perf_counter() - t
                 out = _run(io.to_proto(model), evalx)
-                row = {"model": name, "removed": ratio, "recovery": rec, "MACs": analyze(model).macs}
-                if labels is not None:
-                    row["accuracy"] = float((out.argmax(1) == labels).mean())
+                row = {"model": name, "removed": ratio, "recovery": rec, "MACs": analyze(model).macs,
+                       "accuracy": float((out.argmax(1) == labels).mean()) if labels is not None else None}
                 row.update({"agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
                             "SQNR dB": _sqnr(ref, out),
                             "recovery s/sample": dt / len(calib) if rec != "none" else 0.0})

@@ -154,7 +154,21 @@ def _cli() -> None:
     ap.add_argument("--population", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--demo", action="store_true",
+                    help="the real embedded demo model and data (eyeriss profile) instead of the toy")
+    ap.add_argument("--profile", default="eyeriss")
     a = ap.parse_args()
+    if a.demo:
+        import _common  # noqa: F401
+        from emomc_onnx.api import demo_paths
+        from emomc_onnx.candidate import EvaluatorConfig, make_space
+
+        model, data = demo_paths()
+        f = EvaluatorConfig(model=str(model), profile=a.profile, data=str(data), eval_samples=500,
+                            calib_samples=128)
+        main(f, make_space(f()), evaluations=a.evaluations, population=a.population, seed=a.seed,
+         out=a.out)
+        return
     f = ToyEvaluatorFactory()
     main(f, toy_space(f), evaluations=a.evaluations, population=a.population, seed=a.seed,
          out=a.out)

@@ -160,6 +160,7 @@ def compress(
     input_shapes=None,
     progress=None,
     extra_points: Mapping | None = None,
+    recovery: str = "lsq",
 ):
     """Run the two-stage search and export the front; returns (result, entries, evaluator)."""
     from emomc_onnx.candidate import EvaluatorConfig, make_space
@@ -173,7 +174,7 @@ def compress(
         model=str(pathlib.Path(str(model)).resolve()), profile=profile_name,
         data=str(pathlib.Path(str(data)).resolve()) if data else None,
         input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()), dataflow=dataflow, coding=coding,
-        metric=metric, eval_samples=eval_samples, calib_samples=calib_samples, seed=seed,
+        metric=metric, eval_samples=eval_samples, calib_samples=calib_samples, seed=seed, recovery=recovery,
     )
     evaluator = config()
     search_space = make_space(evaluator, kind=space)

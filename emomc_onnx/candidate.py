@@ -39,7 +39,7 @@ class EvaluatorConfig:
     eval_samples: int = 1000
     calib_samples: int = 256
     calibration: str = "minmax"
-    recovery: str = "bias"
+    recovery: str = "lsq"
     seed: int = 0
     threads: int = 1
     batch_size: int = 256
@@ -56,7 +56,7 @@ class OnnxEvaluator:
         from emomc_onnx.evaluate.data import input_specs, load_data, synthetic_data
         from emomc_onnx.evaluate.metrics import resolve_metric
         from emomc_onnx.evaluate.session import make_session, run_batched
-        from emomc_onnx.passes.recovery import activation_means
+        from emomc_onnx.passes.recovery import activation_means, lsq_rows
 
         self.config = config
         self.loaded = io.load_model(config.model, dict(config.input_shapes) or None)
@@ -94,6 +94,9 @@ class OnnxEvaluator:
                                      is_classifier=is_classifier)
         self.means = (activation_means(self.original, self.calib_batches, self.analysis.layers)
                       if config.recovery == "bias" else None)
+        self.rows = (lsq_rows(self.loaded.model, self.analysis.layers, self.original, self.calib_batches,
+                              max_rows=1024, seed=config.seed)
+                     if config.recovery == "lsq" else None)
         self._ranges_cache: dict[str, dict] = {}
         self._baseline = None
 
@@ -114,7 +117,7 @@ class OnnxEvaluator:
             group_importance,
             select_channels,
         )
-        from emomc_onnx.passes.recovery import _bias_compensation, _consumer_masks
+        from emomc_onnx.passes.recovery import apply_recovery
 
         model = io.clone(self.loaded.model)
         sizes = {g.id: g.channels for g in self.analysis.groups}
@@ -123,9 +126,7 @@ class OnnxEvaluator:
             return model, None
         keep_plan = PruningPlan(keep=keep_counts)
         keep = select_channels(self.analysis, keep_plan, self._importance(model))
-        if self.means is not None:
-            masks = _consumer_masks(self.analysis, keep)
-            _bias_compensation(model, self.analysis, masks, self.means)
+        apply_recovery(model, self.analysis, keep, self.config.recovery, self.means, self.rows)
         apply_keep_mask(model, self.analysis, keep)
         return model, keep
 

@@ -196,6 +196,8 @@ def profile(model, demo, profile_name, dataflow, coding, compare, as_json, input
 @click.option("--dataflow", default=None)
 @click.option("--coding", default=None)
 @click.option("--workers", type=int, default=None, help="Evaluation processes (default: all cores).")
+@click.option("--recovery", type=click.Choice(["none", "bias", "lsq"]), default="lsq", show_default=True,
+              help="Training-free recovery of pruned candidates.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse candidates already evaluated in OUTDIR/results.sqlite.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -203,7 +205,7 @@ def profile(model, demo, profile_name, dataflow, coding, compare, as_json, input
 @_handle_errors
 def compress(model, demo, profile_name, data, outdir, space, objectives, max_accuracy_drop, generations,
              population, max_evaluations, time_budget, eval_samples, calib_samples, metric, dataflow,
-             coding, workers, resume, seed, input_shapes) -> None:
+             coding, workers, recovery, resume, seed, input_shapes) -> None:
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
     from emomc_onnx.export.report import render_summary
@@ -217,7 +219,7 @@ def compress(model, demo, profile_name, data, outdir, space, objectives, max_acc
             population=population, max_evaluations=max_evaluations, time_budget_s=time_budget,
             eval_samples=eval_samples, calib_samples=calib_samples, metric=metric, dataflow=dataflow,
             coding=coding, workers=workers, resume=resume, seed=seed, input_shapes=input_shapes,
-            progress=bar.update,
+            progress=bar.update, recovery=recovery,
         )
     render_summary(entries, console, baseline=result.baseline)
     console.print(

@@ -27,7 +27,7 @@ from emomc_onnx.passes.channel_pruning import (
     select_channels,
 )
 
-__all__ = ["collect_tensors", "activation_means", "prune_with_recovery", "RECOVERIES"]
+__all__ = ["collect_tensors", "activation_means", "lsq_rows", "apply_recovery", "prune_with_recovery", "RECOVERIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +164,24 @@ def _im2col_rows(x: np.ndarray, node: ir.Node, kernel: tuple[int, ...], rng: np.
     return win[ni, :, hi, wi].reshape(len(pick), c * kh * kw)
 
 
-def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
-         original: onnx.ModelProto, batches: list[Mapping[str, np.ndarray]], max_rows: int,
-         ridge: float, seed: int) -> None:
+def _lsq_targets(model: ir.Model, layers: list[Layer], names: set[str] | None) -> list[Layer]:
     nodes = {n.name: n for n in model.graph}
-    targets = [layer for layer in analysis.layers
-               if layer.name in masks and layer.groups == 1 and layer.op_type in ("Conv", "Gemm", "MatMul")
-               and (layer.op_type != "Conv" or "auto_pad" not in nodes[layer.name].attributes
-                    or nodes[layer.name].attributes["auto_pad"].value == "NOTSET")]
-    if not targets:
-        return
+    return [layer for layer in layers
+            if (names is None or layer.name in names) and layer.groups == 1
+            and layer.op_type in ("Conv", "Gemm", "MatMul")
+            and (layer.op_type != "Conv" or "auto_pad" not in nodes[layer.name].attributes
+                 or nodes[layer.name].attributes["auto_pad"].value == "NOTSET")]
+
+
+def lsq_rows(model: ir.Model, layers: list[Layer], original: onnx.ModelProto,
+             batches: list[Mapping[str, np.ndarray]], max_rows: int = 2048, seed: int = 0,
+             names: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Sampled input rows (receptive fields, or feature vectors) of each layer on calibration data.
+
+    Computed once per model; the search reuses them for every candidate's least squares.
+    """
+    nodes = {n.name: n for n in model.graph}
+    targets = _lsq_targets(model, layers, names)
     rng = np.random.default_rng(seed)
     rows: dict[str, list[np.ndarray]] = {layer.name: [] for layer in targets}
     by_input: dict[str, list[Layer]] = {}
@@ -184,17 +192,31 @@ def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
     def reduce(name: str, arr: np.ndarray) -> None:
         for layer in by_input[name]:
             if layer.op_type == "Conv":
-                rows[layer.name].append(_im2col_rows(arr.astype(np.float64), nodes[layer.name],
+                rows[layer.name].append(_im2col_rows(arr.astype(np.float32), nodes[layer.name],
                                                      layer.kernel, rng, per_batch))
             else:
-                flat = arr.reshape(-1, arr.shape[-1]).astype(np.float64)
+                flat = arr.reshape(-1, arr.shape[-1]).astype(np.float32)
                 pick = rng.choice(len(flat), size=min(per_batch, len(flat)), replace=False)
                 rows[layer.name].append(flat[pick])
 
     collect_tensors(original, batches, sorted(by_input), reduce)
+    return {k: np.concatenate(v) for k, v in rows.items() if v}
+
+
+def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
+         original: onnx.ModelProto | None, batches: list[Mapping[str, np.ndarray]] | None, max_rows: int,
+         ridge: float, seed: int, rows: Mapping[str, np.ndarray] | None = None) -> None:
+    nodes = {n.name: n for n in model.graph}
+    targets = _lsq_targets(model, analysis.layers, set(masks))
+    if not targets:
+        return
+    if rows is None:
+        rows = lsq_rows(model, analysis.layers, original, batches, max_rows, seed, set(masks))
     for layer in targets:
+        if layer.name not in rows:
+            continue
         node = nodes[layer.name]
-        x = np.concatenate(rows[layer.name])
+        x = rows[layer.name].astype(np.float64)
         trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
         w = node.inputs[1].const_value.numpy()
         w_oi = _weight_as_out_in(layer, w, trans_b).astype(np.float64)
@@ -222,6 +244,19 @@ def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
         bias = _ensure_bias(model, node, cout, w.dtype)
         b = bias.const_value.numpy().astype(np.float64)
         bias.const_value = ir.tensor((b + shift.reshape(b.shape)).astype(w.dtype), name=bias.name)
+
+
+def apply_recovery(model: ir.Model, analysis: Analysis, keep: np.ndarray, recovery: str,
+                   means: Mapping[str, np.ndarray] | None = None,
+                   rows: Mapping[str, np.ndarray] | None = None, ridge: float = 1e-3) -> None:
+    """Recover the consumers of removed channels from precomputed statistics (before cutting)."""
+    masks = _consumer_masks(analysis, keep)
+    if not masks or recovery == "none":
+        return
+    if recovery == "bias":
+        _bias_compensation(model, analysis, masks, means)
+    else:
+        _lsq(model, analysis, masks, None, None, 0, ridge, 0, rows=rows)
 
 
 def prune_with_recovery(
