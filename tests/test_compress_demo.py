@@ -100,3 +100,43 @@ def test_prune_quantize_profile_commands_on_demo(tmp_path) -> None:
         assert json.loads(p.output)["energy"] > 0
     bad = r.invoke(main, ["quantize", "--demo", "-o", str(tmp_path / "x.onnx"), "--data", str(tmp_path / "no.npz")])
     assert bad.exit_code == 2 and "no such data file" in bad.output
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    from emomc_onnx.candidate import EvaluatorConfig
+
+    model, data = demo_paths()
+    return EvaluatorConfig(model=str(model), profile="eyeriss", data=str(data), eval_samples=200,
+                           calib_samples=64)()
+
+
+def test_any_genome_builds_a_valid_smaller_model(evaluator) -> None:
+    """Random genomes (hypothesis) decode to plans whose models pass the checker, run, keep the
+    output shape, have no more parameters than the original, and re-cost to what evaluate says."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from emomc_onnx.candidate import _params, make_space
+    from emomc_onnx.search.genome import GenomeCodec
+
+    space = make_space(evaluator)
+    codec = GenomeCodec(space)
+    xl, xu = codec.bounds(2)
+    base_params = _params(evaluator.original)
+    x = evaluator.full.arrays["input"][:4]
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.integers(0, 10**6), min_size=len(xu), max_size=len(xu)))
+    def check(raw):
+        genome = np.array([lo + r % (hi - lo + 1) for r, lo, hi in zip(raw, xl, xu)])
+        plan = codec.decode(genome, 2)
+        proto = evaluator.build(plan)
+        onnx.checker.check_model(proto, full_check=True)
+        out = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0]
+        assert out.shape == (4, 10)
+        assert _params(proto) <= base_params
+        ev = evaluator.evaluate(plan, "search")
+        assert ev.energy == pytest.approx(evaluator.cost(proto, plan).energy)
+
+    check()
