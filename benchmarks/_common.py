@@ -48,3 +48,12 @@ def write(name: str, rows: list[dict], title: str, extra: dict | None = None) ->
     os.replace(tmp, out)
     console.print(f"wrote {out}")
     return out
+
+
+def demo_evaluator_factory(profile: str = "eyeriss"):
+    """The evaluator factory of the embedded demo (model + MNIST held-out data)."""
+    from emomc_onnx.api import demo_paths
+    from emomc_onnx.candidate import EvaluatorConfig
+
+    model, data = demo_paths()
+    return EvaluatorConfig(model=str(model), profile=profile, data=str(data), eval_samples=500, calib_samples=128)

@@ -159,13 +159,11 @@ def _cli() -> None:
     ap.add_argument("--profile", default="eyeriss")
     a = ap.parse_args()
     if a.demo:
-        import _common  # noqa: F401
-        from emomc_onnx.api import demo_paths
-        from emomc_onnx.candidate import EvaluatorConfig, make_space
+        import _common
 
-        model, data = demo_paths()
-        f = EvaluatorConfig(model=str(model), profile=a.profile, data=str(data), eval_samples=500,
-                            calib_samples=128)
+        f = _common.demo_evaluator_factory(a.profile)
+        from emomc_onnx.candidate import make_space
+
         main(f, make_space(f()), evaluations=a.evaluations, population=a.population, seed=a.seed,
          out=a.out)
         return

@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from emomc_onnx.analysis import Analysis, analyze
 from emomc_onnx.errors import PlanError
+from emomc_onnx.passes.ir_utils import add_initializer
 
 __all__ = [
     "PruningPlan",
@@ -230,7 +231,7 @@ def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> No
             shape_v = node.inputs[1]
             arr = shape_v.const_value.numpy().copy()
             arr[rec.axis] = int(mask.sum()) * int(rec.extra[0])
-            node.replace_input_with(1, _new_const(model, f"{shape_v.name}_{node.name}_pruned", arr))
+            node.replace_input_with(1, add_initializer(model, f"{shape_v.name}_{node.name}_pruned", arr))
         elif rec.kind == "split":
             if mask.all():
                 continue
@@ -255,8 +256,8 @@ def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> No
             starts = node.inputs[1].const_value.numpy().copy()
             ends = node.inputs[2].const_value.numpy().copy()
             starts[j], ends[j] = new_s, new_e
-            node.replace_input_with(1, _new_const(model, f"{node.name}_starts_pruned", starts))
-            node.replace_input_with(2, _new_const(model, f"{node.name}_ends_pruned", ends))
+            node.replace_input_with(1, add_initializer(model, f"{node.name}_starts_pruned", starts))
+            node.replace_input_with(2, add_initializer(model, f"{node.name}_ends_pruned", ends))
     _reset_shapes(model)
     infer_shapes(model)
 
@@ -266,24 +267,13 @@ def _set_const(value: ir.Value, arr: np.ndarray) -> None:
     value.shape = ir.Shape(arr.shape)
 
 
-def _new_const(model: ir.Model, name: str, arr: np.ndarray) -> ir.Value:
-    base, i = name, 0
-    while name in model.graph.initializers:
-        i += 1
-        name = f"{base}_{i}"
-    v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
-                 const_value=ir.tensor(arr, name=name))
-    model.graph.register_initializer(v)
-    return v
-
-
 def _set_split_sizes(model: ir.Model, node: ir.Node, sizes: list[int]) -> None:
     opset = model.opset_imports.get("", 13)
     arr = np.array(sizes, dtype=np.int64)
     if opset >= 13:
         if "num_outputs" in node.attributes:
             del node.attributes["num_outputs"]
-        const = _new_const(model, f"{node.name}_split_pruned", arr)
+        const = add_initializer(model, f"{node.name}_split_pruned", arr)
         if len(node.inputs) > 1:
             node.replace_input_with(1, const)
         else:

@@ -31,6 +31,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from emomc_onnx.errors import PlanError
+from emomc_onnx.passes.ir_utils import add_initializer
 
 __all__ = ["LayerBits", "QuantPlan", "QuantizePass", "quantize_model", "quantize_weight",
            "WEIGHT_BITS", "ACTIVATION_BITS"]
@@ -106,17 +107,6 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int | None, method: str = "m
     return codes.astype(np.int64), best_scale.astype(np.float32)
 
 
-def _const(model: ir.Model, name: str, arr: np.ndarray) -> ir.Value:
-    base, i = name, 0
-    while name in model.graph.initializers:
-        i += 1
-        name = f"{base}_{i}"
-    v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
-                 const_value=ir.tensor(arr, name=name))
-    model.graph.register_initializer(v)
-    return v
-
-
 def _act_qparams(lo: float, hi: float, bits: int, symmetric: bool) -> tuple[float, int, np.dtype, float, float]:
     """Scale, zero point, storage dtype, and the representable [min, max]."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
@@ -185,14 +175,14 @@ class QuantizePass(ir.passes.InPlacePass):
         src = value
         new_nodes = []
         if bits < 8:
-            lo_v = _const(model, f"{value.name}_clip_min", np.array(qmin, np.float32))
-            hi_v = _const(model, f"{value.name}_clip_max", np.array(qmax, np.float32))
+            lo_v = add_initializer(model, f"{value.name}_clip_min", np.array(qmin, np.float32))
+            hi_v = add_initializer(model, f"{value.name}_clip_max", np.array(qmax, np.float32))
             clip = ir.node("Clip", [value, lo_v, hi_v], name=f"{value.name}_Clip")
             clip.outputs[0].name = f"{value.name}_clipped"
             new_nodes.append(clip)
             src = clip.outputs[0]
-        s = _const(model, f"{value.name}_scale", np.array(scale, np.float32))
-        z = _const(model, f"{value.name}_zero_point", np.array(zp, dtype))
+        s = add_initializer(model, f"{value.name}_scale", np.array(scale, np.float32))
+        z = add_initializer(model, f"{value.name}_zero_point", np.array(zp, dtype))
         q = ir.node("QuantizeLinear", [src, s, z], name=f"{value.name}_QuantizeLinear")
         q.outputs[0].name = f"{value.name}_quantized"
         q.metadata_props["emomc.bits"] = str(bits)
@@ -213,9 +203,9 @@ class QuantizePass(ir.passes.InPlacePass):
         codes, scale = quantize_weight(w, lb.wbits, axis, self.plan.weight_scale)
         store = np.int16 if lb.wbits > 8 else np.int8
         domain = "com.microsoft" if store == np.int16 and opset < 21 else ""
-        q_v = _const(model, f"{w_val.name}_quantized", codes.astype(store))
-        s_v = _const(model, f"{w_val.name}_scale", np.asarray(scale, np.float32))
-        z_v = _const(model, f"{w_val.name}_zero_point", np.zeros(np.shape(scale), store))
+        q_v = add_initializer(model, f"{w_val.name}_quantized", codes.astype(store))
+        s_v = add_initializer(model, f"{w_val.name}_scale", np.asarray(scale, np.float32))
+        z_v = add_initializer(model, f"{w_val.name}_zero_point", np.zeros(np.shape(scale), store))
         attrs = {"axis": axis} if axis is not None else {}
         dq = ir.node("DequantizeLinear", [q_v, s_v, z_v], attributes=attrs, domain=domain,
                      name=f"{node.name}_weight_DequantizeLinear")
@@ -232,9 +222,9 @@ class QuantizePass(ir.passes.InPlacePass):
             bscale = (s_x * np.asarray(scale, np.float64)).reshape(-1)
             if b.size == bscale.size:
                 qb = np.clip(np.rint(b.reshape(-1) / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
-                qb_v = _const(model, f"{bias.name}_quantized", qb.reshape(b.shape))
-                sb_v = _const(model, f"{bias.name}_scale", bscale.astype(np.float32))
-                zb_v = _const(model, f"{bias.name}_zero_point", np.zeros(bscale.shape, np.int32))
+                qb_v = add_initializer(model, f"{bias.name}_quantized", qb.reshape(b.shape))
+                sb_v = add_initializer(model, f"{bias.name}_scale", bscale.astype(np.float32))
+                zb_v = add_initializer(model, f"{bias.name}_zero_point", np.zeros(bscale.shape, np.int32))
                 dqb = ir.node("DequantizeLinear", [qb_v, sb_v, zb_v], attributes={"axis": 0},
                               name=f"{node.name}_bias_DequantizeLinear")
                 dqb.outputs[0].name = f"{bias.name}_dequantized"

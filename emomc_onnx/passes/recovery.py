@@ -19,9 +19,9 @@ import onnx
 import onnx_ir as ir
 
 from emomc_onnx.analysis import Analysis, Layer
+from emomc_onnx.passes.ir_utils import add_initializer
 from emomc_onnx.passes.channel_pruning import (
     PruningPlan,
-    _new_const,
     apply_keep_mask,
     group_importance,
     select_channels,
@@ -117,7 +117,7 @@ def _consumer_masks(analysis: Analysis, keep: np.ndarray) -> dict[str, np.ndarra
 def _ensure_bias(model: ir.Model, node: ir.Node, n_out: int, dtype) -> ir.Value:
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         return node.inputs[2]
-    bias = _new_const(model, f"{node.name}_bias", np.zeros(n_out, dtype=dtype))
+    bias = add_initializer(model, f"{node.name}_bias", np.zeros(n_out, dtype=dtype))
     node.resize_inputs(3)
     node.replace_input_with(2, bias)
     return bias
