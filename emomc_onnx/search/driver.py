@@ -408,6 +408,10 @@ class _Run:
             archs = [archs[int(i)] for i in np.rint(np.linspace(0, len(archs) - 1, P))]
         pairs = [(w, a) for w in reversed(range(nw)) for a in reversed(range(na))]
         rows: list[np.ndarray] = []
+        # the most accurate stage-1 architecture at every uniform weight width (widest activations):
+        # the uniform-quantization points a user would try first are always in the population
+        for w_level in reversed(range(nw)):
+            rows.append(self.codec.extend(archs[0], np.full(n_l, w_level), np.full(n_l, na - 1)))
         for i in range(P * 3):
             arch = archs[i % len(archs)]
             if i < len(archs):
