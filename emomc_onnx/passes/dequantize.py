@@ -50,10 +50,10 @@ def weight_codes(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     out = {}
     for node in proto.graph.node:
         if node.op_type in _DQ and node.input[0] in inits:
-            q = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
+            q = np.asarray(numpy_helper.to_array(inits[node.input[0]])).astype(np.int64)
             zp = None
             if len(node.input) > 2 and node.input[2] in inits:
-                zp = numpy_helper.to_array(inits[node.input[2]]).astype(np.int64)
+                zp = np.asarray(numpy_helper.to_array(inits[node.input[2]])).astype(np.int64)
                 if zp.ndim == 1 and zp.size > 1:
                     shape = [1] * q.ndim
                     shape[_axis(node) % q.ndim] = zp.size

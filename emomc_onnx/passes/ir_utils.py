@@ -8,13 +8,23 @@ import onnx_ir as ir
 __all__ = ["add_initializer"]
 
 
-def add_initializer(model: ir.Model, name: str, arr: np.ndarray) -> ir.Value:
-    """Register ``arr`` as a new initializer under a unique name derived from ``name``."""
+def add_initializer(model: ir.Model, name: str, arr: np.ndarray,
+                    dtype: ir.DataType | None = None) -> ir.Value:
+    """Register ``arr`` as a new initializer under a unique name derived from ``name``.
+
+    ``dtype`` stores it in another ONNX type (e.g. INT4 for 4-bit codes at opset >= 21).
+    """
     base, i = name, 0
     while name in model.graph.initializers:
         i += 1
         name = f"{base}_{i}"
-    value = ir.Value(name=name, shape=ir.Shape(arr.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)), const_value=ir.tensor(arr, name=name))
+    if dtype is ir.DataType.INT4:
+        import ml_dtypes
+
+        tensor = ir.tensor(arr.astype(ml_dtypes.int4), dtype=dtype, name=name)
+    else:
+        tensor = ir.tensor(arr, name=name)
+        dtype = ir.DataType.from_numpy(arr.dtype)
+    value = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(dtype), const_value=tensor)
     model.graph.register_initializer(value)
     return value

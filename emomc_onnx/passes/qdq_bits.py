@@ -35,8 +35,8 @@ def read_layer_bits(model: onnx.ModelProto | ir.Model) -> dict[str, LayerBits]:
         dq = producer.get(name)
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
             return None
-        q = arr(dq.input[0]).astype(np.int64)
-        zp = arr(dq.input[2]).astype(np.int64) if len(dq.input) > 2 and dq.input[2] in inits else 0
+        q = np.asarray(arr(dq.input[0])).astype(np.int64)
+        zp = np.asarray(arr(dq.input[2])).astype(np.int64) if len(dq.input) > 2 and dq.input[2] in inits else 0
         m = int(np.abs(q - (zp if np.ndim(zp) == 0 else 0)).max()) if q.size else 0
         return int(round(math.log2(m + 1))) + 1 if m > 0 else None
 

@@ -4,8 +4,8 @@ Weights: symmetric, per output channel (or per tensor), the clipping ratio per c
 to minimise the squared quantization error (a vectorised search over candidate ratios, not
 only max-abs). b-bit weights are integers in [-(2^(b-1)-1), 2^(b-1)-1], stored as int8 for
 b <= 8 and int16 for 16 bits (``com.microsoft`` DequantizeLinear below opset 21, as ORT's own
-quantizer does). Opset-17 models store 2..4-bit codes in int8 containers; the values, not the
-container, carry the bit width.
+quantizer does). Weights of 4 bits or fewer are stored as INT4 where the opset allows (21 and
+later); older opsets keep them in int8 containers, where the values carry the bit width.
 
 Activations: per tensor, asymmetric uint8 (or symmetric int8) from calibrated ranges; for
 a < 8 bits the tensor is clipped to the calibrated range first so the codes really span
@@ -203,9 +203,10 @@ class QuantizePass(ir.passes.InPlacePass):
         codes, scale = quantize_weight(w, lb.wbits, axis, self.plan.weight_scale)
         store = np.int16 if lb.wbits > 8 else np.int8
         domain = "com.microsoft" if store == np.int16 and opset < 21 else ""
-        q_v = add_initializer(model, f"{w_val.name}_quantized", codes.astype(store))
+        packed = ir.DataType.INT4 if lb.wbits <= 4 and opset >= 21 else None  # real 4-bit storage
+        q_v = add_initializer(model, f"{w_val.name}_quantized", codes.astype(store), packed)
         s_v = add_initializer(model, f"{w_val.name}_scale", np.asarray(scale, np.float32))
-        z_v = add_initializer(model, f"{w_val.name}_zero_point", np.zeros(np.shape(scale), store))
+        z_v = add_initializer(model, f"{w_val.name}_zero_point", np.zeros(np.shape(scale), store), packed)
         attrs = {"axis": axis} if axis is not None else {}
         dq = ir.node("DequantizeLinear", [q_v, s_v, z_v], attributes=attrs, domain=domain,
                      name=f"{node.name}_weight_DequantizeLinear")

@@ -144,3 +144,18 @@ def test_bad_plans_and_cache(demo, tmp_path) -> None:
     q16 = quantize_model(proto, QuantPlan({names[0]: LayerBits(16, 16)}), ranges)
     assert read_layer_bits(q16)[names[0]].wbits == 16
     assert _out(q16, x[:4]).shape == (4, 10)
+
+
+def test_int4_storage_at_opset_21(demo) -> None:
+    """At opset 21, 4-bit weights are stored as INT4 tensors and read back as 4 bits."""
+    from onnx import version_converter
+
+    proto, x, _, _, names, ranges = demo
+    p21 = version_converter.convert_version(proto, 21)
+    q = quantize_model(p21, QuantPlan({n: LayerBits(4, 8) for n in names}), ranges)
+    onnx.checker.check_model(q, full_check=True)
+    int4 = [t for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert len(int4) >= len(names)
+    assert all(b.wbits == 4 for b in read_layer_bits(q).values())
+    q17 = quantize_model(proto, QuantPlan({n: LayerBits(4, 8) for n in names}), ranges)
+    np.testing.assert_allclose(_out(q, x[:16], False), _out(q17, x[:16], False), rtol=1e-4, atol=1e-4)
