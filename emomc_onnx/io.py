@@ -274,7 +274,17 @@ def _fold_batchnorm(model: ir.Model) -> None:
         [fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule,
          fuse_batchnorm_into_gemm_rule]
     )
+    # the rewrite replaces each Conv/Gemm with a new, generated-name node: keep the exporter's name
+    names: dict[str, str] = {}
+    for node in model.graph:
+        if node.op_type == "BatchNormalization" and node.inputs and node.inputs[0] is not None:
+            prod = node.inputs[0].producer()
+            if prod is not None and prod.op_type in ("Conv", "ConvTranspose", "Gemm") and prod.name:
+                names[node.outputs[0].name] = prod.name
     rewriter.rewrite(model, pattern_rewrite_rules=rules)
+    for node in model.graph:
+        if node.op_type != "BatchNormalization" and node.outputs and node.outputs[0].name in names:
+            node.name = names[node.outputs[0].name]
 
 
 def _name_nodes(model: ir.Model) -> None:

@@ -1,82 +1,176 @@
 """Activation ranges from calibration data, with ONNX Runtime's calibrators, cached per architecture.
 
-ORT's calibrators (MinMax, Percentile, Entropy) augment the model with the inputs and outputs
-of the compute ops as extra outputs and collect them batch by batch (so memory stays bounded
-for MinMax; histogram methods keep histograms, not tensors). Ranges are cached by a key the
-caller gives (model hash + pruning/sparsity plan), so many bit-width plans on one pruned
-architecture calibrate once.
+ORT's calibrators (``onnxruntime.quantization.calibrate``: MinMax, Percentile, Entropy) add
+the asked-for tensors as extra model outputs (MinMax: their ReduceMin/ReduceMax only) and
+collect them over the data. All tensors are collected in one pass over the data; the data is
+fed ``batch_size`` samples per session run and ``collect_data`` is called once per chunk of a
+few batches, so at most one chunk of intermediate tensors is held at a time (MinMax merges
+ranges chunk by chunk, the histogram methods merge histograms). Ranges are cached under a key
+the caller gives (model hash + pruning/sparsity plan hash), so the many bit-width plans tried
+on one pruned architecture calibrate once.
+
+Percentile and entropy ranges are asymmetric (ORT's percentile default is symmetric, which
+would waste half of the uint8 levels on non-negative activations): percentile 99.99, cut
+half of the tail on each side.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
 import pathlib
+import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from emomc_onnx.errors import DataError
 
-__all__ = ["calibrate", "activation_tensors", "RangeCache", "METHODS"]
+__all__ = ["calibrate", "activation_tensors", "RangeCache", "METHODS", "COMPUTE_OPS"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("minmax", "percentile", "entropy")
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_CHUNK_BATCHES = 4  # session runs per collect_data call (bounds the histogram methods' memory)
+_EXTRA = {
+    "minmax": {"symmetric": False},
+    "percentile": {"symmetric": False, "percentile": 99.99, "num_bins": 2048},
+    "entropy": {"symmetric": False, "num_bins": 512, "num_quantized_bins": 128},
+}
 
 
 class RangeCache:
-    """Ranges by key, in memory and optionally as JSON files in a directory."""
+    """Calibrated ranges by key: in memory, and as one JSON file per key if given a directory."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self._mem: dict[str, dict[str, tuple[float, float]]] = {}
-        self._dir = pathlib.Path(directory) if directory else None
+        self._dir = pathlib.Path(directory) if directory is not None else None
+
+    def _path(self, key: str) -> pathlib.Path:
+        assert self._dir is not None
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:64]
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self._dir / f"{safe}-{digest}.json"
 
     def get(self, key: str) -> dict[str, tuple[float, float]] | None:
+        """Ranges stored under ``key`` (memory first, then disk), or None."""
         if key in self._mem:
             return self._mem[key]
-        if self._dir is not None and (self._dir / f"{key}.json").exists():
-            data = json.loads((self._dir / f"{key}.json").read_text())
-            self._mem[key] = {k: (float(a), float(b)) for k, (a, b) in data.items()}
-            return self._mem[key]
+        if self._dir is not None:
+            path = self._path(key)
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text())
+                    ranges = {k: (float(a), float(b)) for k, (a, b) in data["ranges"].items()}
+                except (ValueError, KeyError, TypeError) as exc:
+                    logger.warning("ignoring unreadable range cache file %s: %s", path, exc)
+                    return None
+                self._mem[key] = ranges
+                return ranges
         return None
 
     def put(self, key: str, ranges: Mapping[str, tuple[float, float]]) -> None:
-        self._mem[key] = dict(ranges)
+        """Store ``ranges`` under ``key`` (atomically on disk)."""
+        self._mem[key] = {k: (float(a), float(b)) for k, (a, b) in ranges.items()}
         if self._dir is not None:
             self._dir.mkdir(parents=True, exist_ok=True)
-            tmp = self._dir / f".{key}.json.tmp"
-            tmp.write_text(json.dumps(self._mem[key]))
-            os.replace(tmp, self._dir / f"{key}.json")
+            path = self._path(key)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "ranges": self._mem[key]}))
+            os.replace(tmp, path)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        return len(self._mem)
 
 
 def activation_tensors(model: onnx.ModelProto, layer_names: Sequence[str]) -> list[str]:
-    """Input activation and output tensors of the named compute layers (what QDQ needs)."""
+    """Activation tensors the QDQ pass needs ranges for: input 0 and output 0 of each named layer.
+
+    Initializers are skipped; graph inputs/outputs are included (the pass keeps the graph's
+    boundary float but quantizes right after an input, and never a graph output, so an
+    output's range is simply unused). Unknown names are ignored here (the pass reports them).
+    """
     inits = {t.name for t in model.graph.initializer}
     names = set(layer_names)
     out: list[str] = []
+    seen: set[str] = set()
     for node in model.graph.node:
         if node.name in names:
-            for t in (node.input[0], node.output[0]):
-                if t not in inits and t not in out:
+            for t in (node.input[0] if node.input else "", node.output[0] if node.output else ""):
+                if t and t not in inits and t not in seen:
+                    seen.add(t)
                     out.append(t)
     return out
 
 
-class _Reader:
-    def __init__(self, data: Mapping[str, np.ndarray], batch_size: int) -> None:
-        n = len(next(iter(data.values())))
-        self._batches = iter([{k: v[i:i + batch_size] for k, v in data.items()} for i in range(0, n, batch_size)])
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    inits = {t.name for t in model.graph.initializer}
+    sizes = set()
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            sizes.add(dims[0].dim_value)
+    return sizes.pop() if len(sizes) == 1 else None
 
-    def get_next(self):
-        return next(self._batches, None)
 
-    def rewind(self):  # pragma: no cover - ORT calls it only for some methods
+def _batches(data: Mapping[str, np.ndarray], batch_size: int, fixed: int | None) -> Iterator[dict[str, np.ndarray]]:
+    n = len(next(iter(data.values())))
+    bs = fixed or batch_size
+    for i in range(0, n, bs):
+        feed = {k: np.ascontiguousarray(v[i:i + bs]) for k, v in data.items()}
+        count = len(next(iter(feed.values())))
+        if fixed and count < fixed:  # a static batch: pad with the last sample (ranges unchanged)
+            feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed - count, axis=0)]) for k, v in feed.items()}
+        yield feed
+
+
+class _Chunk:
+    """A CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - not used by the calibrators we call
         pass
+
+
+def _check_data(model: onnx.ModelProto, data: Mapping[str, np.ndarray]) -> int:
+    if not data:
+        raise DataError("calibration data is empty: no input arrays")
+    inits = {t.name for t in model.graph.initializer}
+    needed = [i.name for i in model.graph.input if i.name not in inits]
+    missing = [k for k in needed if k not in data]
+    if missing:
+        raise DataError(f"calibration data lacks model input {missing[0]!r} (has {', '.join(data)})")
+    lengths = {k: len(v) for k, v in data.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"calibration arrays differ in length: {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise DataError("calibration needs at least one sample")
+    return n
+
+
+def _op_types(model: onnx.ModelProto, tensors: Sequence[str]) -> list[str]:
+    """Op types whose inputs/outputs cover the asked tensors (what ORT's calibrator selects by)."""
+    wanted = set(tensors)
+    types = {n.op_type for n in model.graph.node if wanted & (set(n.input) | set(n.output))}
+    return sorted(types) or list(COMPUTE_OPS)
 
 
 def calibrate(
@@ -88,35 +182,62 @@ def calibrate(
     cache: RangeCache | None = None,
     cache_key: str | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """(min, max) per tensor over the calibration data."""
+    """(min, max) of each tensor in ``tensors`` over the calibration ``data``.
+
+    Args:
+        model: the float model (the pruned one when calibrating a pruned architecture).
+        data: model input name -> array with the samples along axis 0.
+        tensors: names of the tensors to range (see ``activation_tensors``).
+        method: ``minmax``, ``percentile`` (99.99) or ``entropy`` (KL), ORT's calibrators.
+        batch_size: samples per session run (a static batch axis overrides it).
+        cache: where to look up / store the ranges under ``cache_key``.
+        cache_key: identifies the architecture (model hash + pruning plan hash).
+
+    Raises:
+        DataError: unknown method, empty or mismatched data, or a tensor ORT did not observe.
+    """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     if method not in METHODS:
         raise DataError(f"calibration method {method!r}: expected one of {', '.join(METHODS)}")
-    if cache is not None and cache_key is not None:
-        hit = cache.get(cache_key)
-        if hit is not None and all(t in hit for t in tensors):
-            return {t: hit[t] for t in tensors}
-    if not data or len(next(iter(data.values()))) == 0:
-        raise DataError("calibration needs at least one sample")
+    if batch_size < 1:
+        raise DataError(f"calibration batch size must be >= 1, got {batch_size}")
+    tensors = list(dict.fromkeys(tensors))
+    use_cache = cache is not None and cache_key is not None
+    cached: dict[str, tuple[float, float]] = {}
+    if use_cache:
+        cached = dict(cache.get(cache_key) or {})
+        if all(t in cached for t in tensors):
+            logger.debug("calibration cache hit for %s (%d tensors)", cache_key, len(tensors))
+            return {t: cached[t] for t in tensors}
+    if not tensors:
+        return {}
+    n = _check_data(model, data)
     cm = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
           "entropy": CalibrationMethod.Entropy}[method]
-    extra = {"percentile": 99.99, "num_bins": 2048} if method != "minmax" else {}
-    with tempfile.TemporaryDirectory() as tmp:
+    feeds = _batches(data, batch_size, _fixed_batch(model))
+    with tempfile.TemporaryDirectory(prefix="emomc-calib-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         onnx.save(model, path)
-        calibrator = create_calibrator(path, list(COMPUTE_OPS), os.path.join(tmp, "aug.onnx"), cm,
-                                       extra_options=extra)
-        calibrator.execution_providers = ["CPUExecutionProvider"]
-        calibrator.collect_data(_Reader(data, batch_size))
-        result = calibrator.compute_data()
+        # ORT's histogram collector prints progress; library code stays quiet
+        with contextlib.redirect_stdout(io.StringIO()):
+            calibrator = create_calibrator(path, _op_types(model, tensors), os.path.join(tmp, "augmented.onnx"),
+                                           cm, extra_options=dict(_EXTRA[method]))
+            calibrator.set_execution_providers(["CPUExecutionProvider"])
+            while True:
+                chunk = [f for _, f in zip(range(_CHUNK_BATCHES), feeds, strict=False)]
+                if not chunk:
+                    break
+                calibrator.collect_data(_Chunk(chunk))
+            result = calibrator.compute_data()
     ranges: dict[str, tuple[float, float]] = {}
     for t in tensors:
         if t not in result:
-            raise DataError(f"calibration did not observe tensor {t!r}")
-        td = result[t]
-        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
+            raise DataError(f"calibration did not observe tensor {t!r} (not a float input/output of "
+                            f"{', '.join(_op_types(model, [t]))} in the model)")
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in result[t].range_value)
         ranges[t] = (lo, hi)
-    if cache is not None and cache_key is not None:
-        cache.put(cache_key, ranges)
+    logger.info("calibrated %d tensors on %d samples (%s)", len(ranges), n, method)
+    if use_cache:
+        cache.put(cache_key, {**cached, **ranges})
     return ranges

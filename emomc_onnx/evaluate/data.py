@@ -1,4 +1,11 @@
-"""Evaluation and calibration data: an .npz with one array per model input (+ optional labels)."""
+"""Evaluation and calibration data: an .npz with one array per model input (+ optional labels).
+
+Arrays are named as the model inputs, axis 0 indexes samples, and an optional ``labels``
+array (one integer class per sample) enables top-1 accuracy. ``Dataset.check`` compares the
+arrays with the model's inputs and raises one-line DataErrors naming the file and the array.
+Integer arrays fed to float inputs are cast *without scaling*: the demo ships uint8 pixels
+and its model divides by 255 in-graph, so scaling here would apply it twice.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +41,14 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     for inp in model.graph.input:
         if inp.name in inits:
             continue
+        if not inp.type.HasField("tensor_type"):
+            raise DataError(f"model input {inp.name!r} is not a tensor; only tensor inputs can be fed")
         tt = inp.type.tensor_type
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"model input {inp.name!r} has element type {tt.elem_type}, "
+                            "which has no numpy equivalent") from None
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
         specs.append(InputSpec(inp.name, dtype, shape))
     return specs
@@ -67,7 +80,7 @@ class Dataset:
         if len(set(counts.values())) > 1:
             raise DataError(f"{self.source}: arrays have different sample counts {counts}")
         if self.labels is not None and len(self.labels) != len(self):
-            raise DataError(f"{self.source}: 'labels' has {len(self.labels)} entries, inputs have {len(self)}")
+            raise DataError(f"{self.source}: array 'labels' has {len(self.labels)} entries, inputs have {len(self)}")
         for spec in specs:
             arr = self.arrays[spec.name]
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
@@ -93,8 +106,14 @@ class Dataset:
                        None if self.labels is None else self.labels[index], self.source)
 
     def split(self, calib: int, eval: int | None = None, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """Disjoint calibration and evaluation sets (deterministic for a seed)."""
+        """Disjoint calibration and evaluation sets, deterministic for a seed.
+
+        ``calib`` samples go to calibration; ``eval`` (all the rest if None, at most the rest
+        otherwise) to evaluation. Both keep the file's sample order.
+        """
         n = len(self)
+        if calib < 0 or (eval is not None and eval < 0):
+            raise DataError(f"{self.source}: sample counts must be >= 0 (calib={calib}, eval={eval})")
         if calib > n:
             raise DataError(f"{self.source}: {calib} calibration samples asked, the file has {n}")
         perm = np.random.default_rng(seed).permutation(n)
@@ -104,13 +123,17 @@ class Dataset:
         return self.take(np.sort(perm[:calib])), self.take(np.sort(rest))
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
-        """``n`` samples chosen with a seed (all if n >= len)."""
+        """``n`` samples chosen with a seed, in file order (all if n >= len)."""
+        if n < 0:
+            raise DataError(f"{self.source}: cannot take {n} samples")
         if n >= len(self):
             return self
         return self.take(np.sort(np.random.default_rng(seed).permutation(len(self))[:n]))
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Feed dicts of at most ``batch_size`` samples."""
+        """Feed dicts of at most ``batch_size`` samples (labels not included)."""
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
         for i in range(0, len(self), batch_size):
             yield {k: v[i:i + batch_size] for k, v in self.arrays.items()}
 
@@ -121,21 +144,57 @@ def load_data(path: str | os.PathLike[str]) -> Dataset:
     if not p.exists():
         raise DataError(f"{p}: no such data file")
     try:
-        with np.load(p, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        npz = np.load(p, allow_pickle=False)
     except Exception as exc:
-        raise DataError(f"{p}: not a readable .npz file ({str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{p}: not a readable .npz file ({_first_line(exc)})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{p}: not an .npz archive (save it with numpy.savez, one array per model input)")
+    arrays = {}
+    with npz:
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except Exception as exc:
+                raise DataError(f"{p}: array {key!r} cannot be read ({_first_line(exc)})") from None
     labels = arrays.pop("labels", None)
     if not arrays:
         raise DataError(f"{p}: holds no input arrays")
+    for key, arr in arrays.items():
+        if arr.ndim == 0:
+            raise DataError(f"{p}: array {key!r} is a scalar; axis 0 must index samples")
     if labels is not None:
-        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        labels = _labels(labels, p)
     return Dataset(arrays, labels, str(p))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _labels(labels: np.ndarray, path: pathlib.Path) -> np.ndarray:
+    """Integer class labels, one per sample (a trailing axis of size 1 is accepted)."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{path}: array 'labels' has shape {labels.shape}; need one class index per sample")
+    if np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
+        return labels.astype(np.int64)
+    if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) \
+            and np.array_equal(labels, np.round(labels)):
+        return labels.astype(np.int64)
+    raise DataError(f"{path}: array 'labels' is {labels.dtype}; need integer class indices")
 
 
 def synthetic_data(model: onnx.ModelProto, n: int, seed: int = 0,
                    shapes: Mapping[str, Sequence[int]] | None = None) -> Dataset:
-    """Random standard-normal inputs (fidelity mode without data); dynamic dims need ``shapes``."""
+    """Random inputs of the model's shapes for fidelity mode without data.
+
+    Float inputs are standard normal, integer inputs uniform in [0, 8), bool inputs fair coins.
+    Axis 0 becomes ``n``; other dynamic dims need ``shapes`` (name -> full shape).
+    """
+    if n < 1:
+        raise DataError(f"synthetic data needs at least one sample, got {n}")
     rng = np.random.default_rng(seed)
     arrays = {}
     for spec in input_specs(model):
@@ -143,8 +202,16 @@ def synthetic_data(model: onnx.ModelProto, n: int, seed: int = 0,
             dims = list(shapes[spec.name])
         else:
             dims = list(spec.shape)
+        if not dims:
+            raise DataError(f"input {spec.name!r} is a scalar; synthetic data needs a batch axis")
         dims[0] = n
         if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
             raise DataError(f"input {spec.name!r} has dynamic dims {spec.shape}: give --input-shape or --data")
-        arrays[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+        if np.issubdtype(spec.dtype, np.floating):
+            arr = rng.standard_normal(dims).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            arr = rng.random(dims) < 0.5
+        else:  # integer inputs (ids, indices): small non-negative values
+            arr = rng.integers(0, 8, size=dims).astype(spec.dtype)
+        arrays[spec.name] = arr
     return Dataset(arrays, None, "<synthetic>")

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from emomc_onnx.errors import ModelError
+from emomc_onnx.errors import DataError, ModelError
 
 __all__ = ["make_session", "run_batched"]
 
@@ -18,7 +18,12 @@ logger = logging.getLogger(__name__)
 
 def make_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], threads: int = 1,
                  optimize: bool = True) -> ort.InferenceSession:
-    """A CPU session: ``threads`` intra-op threads, sequential, no spinning (workers share cores)."""
+    """A CPU session for ``model`` (proto, serialized bytes or file path).
+
+    ``threads`` intra-op threads, one inter-op thread, sequential execution and no spin-waiting
+    (search workers share the cores); ``optimize`` enables all graph optimisations. A model
+    ORT refuses raises ModelError naming it with the first line of ORT's message.
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -27,25 +32,57 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], thread
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    if isinstance(src, os.PathLike):
-        src = str(src)
+    if isinstance(model, onnx.ModelProto):
+        src: bytes | str = model.SerializeToString()
+        name = f"model {model.graph.name!r}" if model.graph.name else "model"
+    elif isinstance(model, (bytes, bytearray)):
+        src, name = bytes(model), "model bytes"
+    else:
+        src = os.fspath(model)
+        name = src
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        name = model.graph.name if isinstance(model, onnx.ModelProto) else str(model)[:80]
-        raise ModelError(f"ONNX Runtime cannot load {name}: {str(exc).strip().splitlines()[0][:300]}") from None
+        raise ModelError(f"ONNX Runtime cannot load {name}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The static batch size shared by all inputs, or None when axis 0 is dynamic."""
+    sizes = set()
+    for inp in session.get_inputs():
+        first = inp.shape[0] if inp.shape else None
+        if isinstance(first, int) and first > 0:
+            sizes.add(first)
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def run_batched(session: ort.InferenceSession, dataset, batch_size: int = 256) -> list[np.ndarray]:
-    """All outputs over the dataset, concatenated; falls back to batch 1 for fixed-batch models."""
-    first = session.get_inputs()[0].shape[0]
-    bs = 1 if isinstance(first, int) and first == 1 else batch_size
-    outs: list[list[np.ndarray]] = []
+    """All outputs over ``dataset`` (anything with ``batches(n)`` and ``len``), concatenated.
+
+    A dynamic batch axis is fed ``batch_size`` samples at a time; a static batch B (e.g. 1)
+    is fed exactly B, the last batch padded by repeating its final sample and the padding
+    trimmed from the outputs.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch size must be >= 1, got {batch_size}")
+    fixed = _fixed_batch(session)
+    bs = fixed or batch_size
+    outs: list[list[np.ndarray]] = [[] for _ in session.get_outputs()]
     for feed in dataset.batches(bs):
-        res = session.run(None, feed)
-        if not outs:
-            outs = [[] for _ in res]
+        count = len(next(iter(feed.values())))
+        if fixed and count < fixed:
+            feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed - count, axis=0)]) for k, v in feed.items()}
+        try:
+            res = session.run(None, feed)
+        except Exception as exc:
+            raise ModelError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from None
         for acc, r in zip(outs, res):
-            acc.append(r)
+            acc.append(r[:count] if fixed else r)
+    if not len(dataset):
+        return [np.zeros((0,), np.float32) for _ in outs]
     return [np.concatenate(o) for o in outs]

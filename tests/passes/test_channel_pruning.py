@@ -25,7 +25,7 @@ from tests.models import build
 
 PRUNABLE = ["vgg", "vgg_opset13", "resnet", "mobilenet", "densenet", "yolo", "transformer_ffn",
             "transformer_ffn_opset13", "flatten_gemm", "reshape_gemm", "unfolded_bn",
-            "constant_weights", "erf_gelu", "opset11", "unknown_op"]
+            "constant_weights", "erf_gelu", "opset11", "unknown_op", "reshape_gemm_explicit"]
 
 
 def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

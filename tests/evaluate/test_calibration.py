@@ -1,0 +1,195 @@
+"""Calibration: ORT's calibrators over chunked data, exact min/max, cached ranges, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from emomc_onnx import io
+from emomc_onnx.errors import DataError
+from emomc_onnx.evaluate import calibration
+from emomc_onnx.evaluate.calibration import METHODS, RangeCache, activation_tensors, calibrate
+from tests.models import build
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """The ResNet fixture (a shared block input, residual Adds), its layers and calibration data."""
+    fx = build("resnet")
+    proto = io.load_model(fx.path).proto()
+    names = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+    x = fx.inputs(48, seed=3)["input"]
+    return proto, names, x
+
+
+def _exact_ranges(proto: onnx.ModelProto, tensors: list[str], x: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Min/max of each tensor, by exposing the tensors as outputs and running ORT on all of x at once."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    have = {o.name for o in m.graph.output}
+    for t in tensors:
+        if t not in have:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True))
+    return {t: (float(outs[t].min()), float(outs[t].max())) for t in tensors}
+
+
+def test_activation_tensors_are_layer_inputs_and_outputs(resnet) -> None:
+    proto, names, _ = resnet
+    tensors = activation_tensors(proto, names)
+    inits = {t.name for t in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    expected = []
+    for n in proto.graph.node:
+        if n.name in names:
+            expected += [t for t in (n.input[0], n.output[0]) if t not in expected]
+    assert tensors == expected
+    assert len(tensors) == len(set(tensors))  # a shared block input appears once
+    assert not set(tensors) & inits
+    assert len(tensors) < 2 * len(names)  # the projection block's input feeds two convs
+    assert activation_tensors(proto, [names[0]]) == [nodes[names[0]].input[0], nodes[names[0]].output[0]]
+    assert activation_tensors(proto, ["not-a-node"]) == []
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 48))
+def test_minmax_is_exact_for_any_batch_size(resnet, batch) -> None:
+    """Chunking (batches of any size, several collect_data calls) gives the whole-data min/max."""
+    proto, names, x = resnet
+    tensors = activation_tensors(proto, names)
+    exact = _exact_ranges(proto, tensors, x)
+    got = calibrate(proto, {"input": x}, tensors, batch_size=batch)
+    assert set(got) == set(tensors)
+    for t in tensors:
+        np.testing.assert_allclose(got[t], exact[t], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_methods_clip_inside_minmax(resnet, method) -> None:
+    proto, names, x = resnet
+    tensors = activation_tensors(proto, names)
+    mm = calibrate(proto, {"input": x}, tensors)
+    got = calibrate(proto, {"input": x}, tensors, method=method, batch_size=16)
+    narrower = 0
+    for t in tensors:
+        lo, hi = got[t]
+        assert mm[t][0] - 1e-5 <= lo < hi <= mm[t][1] + 1e-5, (t, got[t], mm[t])
+        narrower += (hi - lo) < (mm[t][1] - mm[t][0]) * 0.999
+    assert narrower >= 1  # the outlier-robust methods do cut some tails
+
+
+def test_percentile_ranges_are_asymmetric(resnet) -> None:
+    """Non-negative tensors (ReLU outputs) keep lo = 0, not a mirrored -hi (uint8 levels not wasted)."""
+    proto, names, x = resnet
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    tensors = activation_tensors(proto, names)
+    relu_out = [t for t in tensors if t in producers and producers[t].op_type == "Relu"]
+    assert relu_out
+    got = calibrate(proto, {"input": x}, relu_out, method="percentile")
+    for t in relu_out:
+        assert got[t][0] == pytest.approx(0.0, abs=1e-6) and got[t][1] > 0
+
+
+def test_collects_in_bounded_chunks(resnet, monkeypatch) -> None:
+    """collect_data is called per chunk of at most _CHUNK_BATCHES batches of batch_size samples."""
+    from onnxruntime.quantization import calibrate as ort_calibrate
+
+    proto, names, x = resnet
+    seen: list[list[int]] = []
+    real = ort_calibrate.MinMaxCalibrater.collect_data
+
+    def spy(self, reader):
+        sizes = []
+
+        class Counting:
+            def get_next(self_inner):
+                feed = reader.get_next()
+                if feed is not None:
+                    sizes.append(len(feed["input"]))
+                return feed
+
+        real(self, Counting())
+        seen.append(sizes)
+
+    monkeypatch.setattr(ort_calibrate.MinMaxCalibrater, "collect_data", spy)
+    calibrate(proto, {"input": x}, activation_tensors(proto, names), batch_size=5)
+    assert sum(map(sum, seen)) == len(x)
+    assert len(seen) == -(-len(x) // (5 * calibration._CHUNK_BATCHES))
+    assert all(len(s) <= calibration._CHUNK_BATCHES and max(s) <= 5 for s in seen)
+
+
+def test_static_batch_model_is_fed_its_batch() -> None:
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] input) => (float[2, 2] y) <float[3, 2] w = {1.0, -1.0, 0.5, 2.0, -2.0, 0.0}> {
+            h = MatMul(input, w)
+            y = Relu(h)
+        }""")
+    x = np.random.default_rng(0).standard_normal((7, 3)).astype(np.float32)  # 7: last batch padded
+    got = calibrate(proto, {"input": x}, ["input", "h"], batch_size=4)
+    w = np.array([[1.0, -1.0], [0.5, 2.0], [-2.0, 0.0]], np.float32)
+    h = x @ w
+    np.testing.assert_allclose(got["h"], (h.min(), h.max()), rtol=1e-6)
+    np.testing.assert_allclose(got["input"], (x.min(), x.max()), rtol=1e-6)
+
+
+def test_cache_in_memory_and_on_disk(resnet, tmp_path) -> None:
+    proto, names, x = resnet
+    tensors = activation_tensors(proto, names)
+    key = "sha256:abc/plan=keep{'g0': 3}"  # any characters; the file name is made safe
+    cache = RangeCache(tmp_path)
+    first = calibrate(proto, {"input": x[:16]}, tensors, cache=cache, cache_key=key)
+    assert key in cache and len(list(tmp_path.glob("*.json"))) == 1
+    # a hit needs no data at all: an empty mapping would raise DataError if it were used
+    assert calibrate(proto, {}, tensors, cache=cache, cache_key=key) == first
+    fresh = RangeCache(tmp_path)  # a new process: read back from disk
+    assert calibrate(proto, {}, tensors, cache=fresh, cache_key=key) == first
+    assert calibrate(proto, {}, tensors[:2], cache=fresh, cache_key=key) == {t: first[t] for t in tensors[:2]}
+    # another architecture recomputes (and differs, with other data)
+    other = calibrate(proto, {"input": x[16:]}, tensors, cache=cache, cache_key="other")
+    assert other != first
+    with pytest.raises(DataError):
+        calibrate(proto, {}, tensors, cache=cache, cache_key="missing")
+    memory_only = RangeCache()
+    calibrate(proto, {"input": x[:4]}, tensors[:1], cache=memory_only, cache_key="k")
+    # asking for more tensors than cached recomputes and merges
+    both = calibrate(proto, {"input": x[:4]}, tensors[:3], cache=memory_only, cache_key="k")
+    assert set(memory_only.get("k")) == set(tensors[:3]) and set(both) == set(tensors[:3])
+
+
+def test_corrupt_cache_file_is_ignored(resnet, tmp_path) -> None:
+    proto, names, x = resnet
+    tensors = activation_tensors(proto, names)[:2]
+    cache = RangeCache(tmp_path)
+    cache.put("k", {tensors[0]: (0.0, 1.0)})
+    path = next(tmp_path.glob("*.json"))
+    path.write_text("{not json")
+    assert RangeCache(tmp_path).get("k") is None
+    got = calibrate(proto, {"input": x[:4]}, tensors, cache=RangeCache(tmp_path), cache_key="k")
+    assert json.loads(path.read_text())["ranges"].keys() == set(got)
+
+
+def test_errors_are_data_errors(resnet) -> None:
+    proto, names, x = resnet
+    tensors = activation_tensors(proto, names)
+    with pytest.raises(DataError, match="calibration method 'kl'"):
+        calibrate(proto, {"input": x}, tensors, method="kl")
+    with pytest.raises(DataError, match="at least one sample"):
+        calibrate(proto, {"input": x[:0]}, tensors)
+    with pytest.raises(DataError, match="lacks model input 'input'"):
+        calibrate(proto, {"image": x}, tensors)
+    with pytest.raises(DataError, match="batch size"):
+        calibrate(proto, {"input": x}, tensors, batch_size=0)
+    with pytest.raises(DataError, match="did not observe tensor 'nope'"):
+        calibrate(proto, {"input": x[:4]}, ["nope"])
+    assert calibrate(proto, {"input": x[:4]}, []) == {}
+    assert set(METHODS) == {"minmax", "percentile", "entropy"}
