@@ -3,7 +3,8 @@
 Demo CNN (MNIST held-out, top-1) and the trained ResNet-style CNN if present; both through
 ORT with its default optimisations (what deploys) and with optimisations off (the QDQ
 semantics). 8-bit weights are stored as uint8 around 128 by default (ORT's U8U8 kernels); the
-int8 row shows ORT's U8S8 AVX2 saturation on CPUs without VNNI (ORT's quantize_static has it too). QDQ insertion time on a ResNet-18-size model once calibrated (target < 0.3 s).
+int8 row shows ORT's U8S8 AVX2 saturation on CPUs without VNNI (ORT's quantize_static has it
+too). QDQ insertion time on a ResNet-18-size model once calibrated (target < 0.3 s).
 
     python benchmarks/quantization.py
 """
