@@ -159,7 +159,9 @@ class OnnxEvaluator:
         arch_key = json.dumps([sorted(plan.keep.items()), sorted(plan.density.items())])
         ranges = self._ranges_cache.get(arch_key)
         if ranges is None:
-            tensors = activation_tensors(proto, list(layers))
+            # every compute layer's tensors, so later plans on this architecture that
+            # quantize other layers find their ranges in the cache
+            tensors = activation_tensors(proto, [layer.name for layer in self.analysis.layers])
             feeds = {}
             for b in self.calib_batches:
                 for k, v in b.items():

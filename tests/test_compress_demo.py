@@ -140,3 +140,21 @@ def test_any_genome_builds_a_valid_smaller_model(evaluator) -> None:
         assert ev.energy == pytest.approx(evaluator.cost(proto, plan).energy)
 
     check()
+
+
+def test_plans_on_one_architecture_share_calibration(evaluator) -> None:
+    """A plan quantizing only the first layer, then one quantizing only the last, on the same
+    pruned architecture: the second finds its ranges in the per-architecture cache (one
+    calibration covers every layer) and both models run."""
+    from emomc_onnx.search.space import CompressionPlan
+
+    names = [layer.name for layer in evaluator.analysis.layers]
+    first = CompressionPlan(keep={}, density={}, wbits={names[0]: 8}, abits={names[0]: 8})
+    last = CompressionPlan(keep={}, density={}, wbits={names[-1]: 6}, abits={names[-1]: 8})
+    evaluator._ranges_cache.clear()
+    x = evaluator.full.arrays["input"][:4]
+    for plan in (first, last):
+        proto = evaluator.build(plan)
+        out = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0]
+        assert out.shape == (4, 10)
+    assert len(evaluator._ranges_cache) == 1
