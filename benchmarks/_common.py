@@ -57,3 +57,36 @@ def demo_evaluator_factory(profile: str = "eyeriss"):
 
     model, data = demo_paths()
     return EvaluatorConfig(model=str(model), profile=profile, data=str(data), eval_samples=500, calib_samples=128)
+
+
+def ort_points(model_path, calib_batches) -> dict:
+    """ONNX Runtime's own ``quantize_static`` on the imported model: int8 weights and
+    activations, and int4 weights (QDQ, per channel, MinMax, the given calibration batches).
+    Returns name -> ModelProto; a variant ORT cannot produce is reported and left out."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from emomc_onnx import io
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(list(calib_batches))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "f.onnx")
+        onnx.save(io.load_model(model_path).proto(), src)
+        for name, wt in (("ORT int8", QuantType.QInt8), ("ORT int4-weight", QuantType.QInt4)):
+            dst = os.path.join(tmp, f"{name}.onnx")
+            try:
+                quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=wt)
+                out[name] = onnx.load(dst)
+            except Exception as exc:  # noqa: BLE001 - a variant this ORT cannot build is skipped
+                print(f"{name}: {exc}")
+    return out

@@ -108,7 +108,7 @@ def _cli() -> None:
         from emomc_onnx.candidate import make_space
 
         main(f, make_space(f()), population=a.population, generations=a.generations, seed=a.seed,
-         out=a.out)
+             out=a.out or str(_common.RESULTS / f"search_overhead_demo_{a.profile}.json"))
         return
     f = ToyEvaluatorFactory(delay_s=a.delay)
     main(f, toy_space(f), population=a.population, generations=a.generations, seed=a.seed,

@@ -133,6 +133,8 @@ def main(
             not _dominated_or_matched(p, ours) for p in fronts["uniform"])),
         "extra_points_not_covered": [k for k, e in (extra_points or {}).items()
                                      if not _dominated_or_matched(obj.f(e), ours)],
+        "extra_points": {k: obj.f(e).tolist() for k, e in (extra_points or {}).items()},
+        "stage2_hv_gain": res["ours"]["stage_hv"][2] / max(res["ours"]["stage_hv"][1], 1e-12),
     }
     report = {"evaluations": evaluations, "seed": seed, "objectives": list(objectives),
               "methods": res, "checks": checks}
@@ -157,15 +159,21 @@ def _cli() -> None:
     ap.add_argument("--demo", action="store_true",
                     help="the real embedded demo model and data (eyeriss profile) instead of the toy")
     ap.add_argument("--profile", default="eyeriss")
+    ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args()
     if a.demo:
         import _common
 
-        f = _common.demo_evaluator_factory(a.profile)
+        from emomc_onnx.api import demo_paths
         from emomc_onnx.candidate import make_space
 
-        main(f, make_space(f()), evaluations=a.evaluations, population=a.population, seed=a.seed,
-         out=a.out)
+        f = _common.demo_evaluator_factory(a.profile)
+        ev = f()
+        extra = {name: ev.evaluate_model(proto, "search")
+                 for name, proto in _common.ort_points(demo_paths()[0], ev.calib_batches).items()}
+        main(f, make_space(ev), evaluations=a.evaluations, population=a.population, seed=a.seed,
+             extra_points=extra, workers=a.workers,
+             out=a.out or str(_common.RESULTS / f"search_quality_demo_{a.profile}.json"))
         return
     f = ToyEvaluatorFactory()
     main(f, toy_space(f), evaluations=a.evaluations, population=a.population, seed=a.seed,

@@ -89,7 +89,7 @@ def prune(
         acts = activation_means(original, batches, analysis.layers, absolute=True)
         plan = type(plan)(keep=plan.keep, criterion=criterion, activations=acts)
     pruned = io.clone(loaded.model)
-    prune_with_recovery(pruned, analysis, plan, recovery=recovery, original=original, batches=batches)
+    keep = prune_with_recovery(pruned, analysis, plan, recovery=recovery, original=original, batches=batches)
     after = _analyze(pruned)
     before_d = {"MACs": analysis.macs, "params": analysis.params}
     after_d = {"MACs": after.macs, "params": after.params}
@@ -100,7 +100,14 @@ def prune(
         if not 0.0 <= sparsity < 1.0:
             raise EmomcError(f"--sparsity {sparsity}: must be in [0, 1)")
         splan = SparsityPlan(density={lay.name: 1.0 - sparsity for lay in after.layers}, pattern=pattern)
-        proto = sparsify_model(proto, splan)
+        if recovery == "lsq":  # the surviving weights are re-fitted too
+            from emomc_onnx.passes.recovery import lsq_rows, sparsify_with_refit
+
+            rows = lsq_rows(loaded.model, analysis.layers, original, batches)
+            sparsify_with_refit(pruned, analysis, keep, rows, splan)
+            proto = io.to_proto(pruned)
+        else:
+            proto = sparsify_model(proto, splan)
         dens = weight_density(proto)
         total = sum(lay.params for lay in after.layers)
         before_d["density"] = 1.0

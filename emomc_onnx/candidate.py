@@ -40,6 +40,7 @@ class EvaluatorConfig:
     calib_samples: int = 256
     calibration: str = "minmax"
     recovery: str = "lsq"
+    sparse_refit: bool = True
     seed: int = 0
     threads: int = 1
     batch_size: int = 256
@@ -139,13 +140,17 @@ class OnnxEvaluator:
 
     def build(self, plan) -> onnx.ModelProto:
         """The deployable model for a plan (float if the plan has no bit widths)."""
-        from emomc_onnx.passes.sparsity import SparsityPlan, sparsify_model
+        from emomc_onnx.passes.recovery import sparsify_with_refit
+        from emomc_onnx.passes.sparsity import SparsityPass, SparsityPlan
 
-        model, _ = self._pruned_float(plan)
-        proto = io.to_proto(model)
+        model, keep = self._pruned_float(plan)
         dens = {k: float(v) for k, v in plan.density.items() if v < 1.0}
         if dens:
-            proto = sparsify_model(proto, SparsityPlan(density=dens))
+            if self.rows is not None and self.config.sparse_refit:
+                sparsify_with_refit(model, self.analysis, keep, self.rows, SparsityPlan(density=dens))
+            else:
+                SparsityPass(SparsityPlan(density=dens))(model)
+        proto = io.to_proto(model)
         bits = {k: (plan.wbits.get(k), plan.abits.get(k)) for k in set(plan.wbits) | set(plan.abits)}
         if any(w is not None or a is not None for w, a in bits.values()):
             proto = self._quantize(proto, plan, bits)
@@ -205,10 +210,21 @@ class OnnxEvaluator:
         return b, a
 
     def evaluate(self, plan, subset: str = "search"):
-        from emomc_onnx.search.evaluator import Evaluation
-
         t0 = time.perf_counter()
         proto = self.build(plan)
+        return self._measure(proto, subset, lambda: self.cost(proto, plan), build_s=time.perf_counter() - t0)
+
+    def evaluate_model(self, proto: onnx.ModelProto, subset: str = "search"):
+        """Figures of a model built elsewhere (e.g. ONNX Runtime's quantize_static output) on
+        the same data and metric; its cost comes from its own graph (bits read from its QDQ)."""
+        from emomc_onnx.costing import cost_model
+
+        return self._measure(proto, subset, lambda: cost_model(
+            proto, self.profile, self.config.dataflow, self.config.coding))
+
+    def _measure(self, proto: onnx.ModelProto, subset: str, cost, build_s: float = 0.0):
+        from emomc_onnx.search.evaluator import Evaluation
+
         t1 = time.perf_counter()
         ds = self.search if subset == "search" else self.full
         sess = self._make_session(proto, threads=self.config.threads)
@@ -216,13 +232,13 @@ class OnnxEvaluator:
         outs = self._run(sess, ds, self.config.batch_size)
         t3 = time.perf_counter()
         value = float(self.metric(outs, self.reference[subset], ds.labels))
-        mc = self.cost(proto, plan)
+        mc = cost()
         t4 = time.perf_counter()
         macs = int(sum(r.macs for r in mc.layers)) if hasattr(mc, "layers") else 0
         params = _params(proto)
         return Evaluation(
             metric=value, energy=float(mc.energy), size_bits=float(mc.size_bits), macs=macs, params=params,
-            extra={"timing_s": {"build": t1 - t0, "session": t2 - t1, "inference": t3 - t2,
+            extra={"timing_s": {"build": build_s, "session": t2 - t1, "inference": t3 - t2,
                                 "cost": t4 - t3},
                    "metric_name": self.metric.name, "dataflow": getattr(mc, "dataflow", None),
                    "coding": getattr(mc, "coding", None)},

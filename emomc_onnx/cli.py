@@ -98,7 +98,7 @@ def inspect(model: str | None, demo: bool, as_json: bool, input_shapes: tuple[st
               show_default=True, help="Fine-grained sparsity pattern.")
 @click.option("--criterion", type=click.Choice(["l1", "l2", "activation"]), default="l1", show_default=True)
 @click.option("--recovery", type=click.Choice(["none", "bias", "lsq"]), default="none", show_default=True,
-              help="Training-free recovery (needs --data).")
+              help="Training-free recovery (needs --data); lsq also re-fits the weights --sparsity leaves.")
 @click.option("--multiple", type=int, default=8, show_default=True, help="Channel multiple kept per group.")
 @click.option("--data", type=click.Path(), default=None, help=".npz with one array per model input (+ labels).")
 @click.option("--calib-samples", type=int, default=256, show_default=True)

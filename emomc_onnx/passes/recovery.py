@@ -7,6 +7,11 @@ Both use calibration activations of the *original* model:
 - ``lsq``: each consumer's remaining input weights (and bias) are re-fitted by ridge
   regression so that its output on calibration data matches the original layer's output
   (ThiNet / He et al. 2017 style), from at most ``max_rows`` sampled rows (pixels or tokens).
+
+After fine-grained sparsity, ``refit_sparse`` re-fits each sparsified layer's surviving
+weights (and bias) the same way, to the dense layer's output: a masked least-squares problem
+per output row, solved for all rows at once by conjugate gradients on the layer's input Gram
+matrix (the zero pattern is kept, so density is unchanged).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from emomc_onnx.passes.channel_pruning import (
     select_channels,
 )
 
-__all__ = ["collect_tensors", "activation_means", "lsq_rows", "apply_recovery", "prune_with_recovery", "RECOVERIES"]
+__all__ = ["collect_tensors", "activation_means", "lsq_rows", "apply_recovery", "prune_with_recovery",
+           "refit_sparse", "sparsify_with_refit", "RECOVERIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,3 +296,96 @@ def prune_with_recovery(
             _lsq(model, analysis, masks, original, batches, max_rows, ridge, seed)
     apply_keep_mask(model, analysis, keep)
     return keep
+
+
+def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
+                 rows: Mapping[str, np.ndarray], dense: Mapping[str, np.ndarray], ridge: float = 1e-3,
+                 iters: int = 8) -> None:
+    """Re-fit the nonzero weights of sparsified layers to their dense outputs, in place.
+
+    ``dense``: layer name -> the layer's weight before sparsity (same layout as now); the
+    layer's current weight holds the zero pattern. ``rows``: the layer's sampled input rows on
+    the original model (``lsq_rows``); ``keep``: the channel keep mask of the pruning already
+    applied (None if none), which selects the row columns the pruned layer still reads.
+    Each output row o solves ``min ||X w_o + c_o - X wd_o||^2 + lam ||w_o||^2`` over its
+    nonzeros (c_o: bias shift, not for MatMul), i.e. the normal equations masked to its support.
+    """
+    nodes = {n.name: n for n in model.graph}
+    in_masks = _consumer_masks(analysis, keep) if keep is not None else {}
+    done: set[int] = set()
+    for layer in _lsq_targets(model, analysis.layers, set(dense)):
+        node = nodes[layer.name]
+        if layer.name not in rows or id(node.inputs[1]) in done:
+            continue  # a weight shared by several layers is fitted for the first one only
+        done.add(id(node.inputs[1]))
+        trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
+        w = node.inputs[1].const_value.numpy()
+        w_oi = _weight_as_out_in(layer, w, trans_b)
+        wd = _weight_as_out_in(layer, np.asarray(dense[layer.name]), trans_b)
+        cout = w_oi.shape[0]
+        k = int(np.prod(w_oi.shape[2:])) if w_oi.ndim > 2 else 1
+        x = rows[layer.name]
+        if layer.name in in_masks:
+            x = x[:, np.repeat(in_masks[layer.name], k)]
+        if x.shape[1] != w_oi.reshape(cout, -1).shape[1]:
+            logger.info("refit: %s rows do not match its weight, skipped", layer.name)
+            continue
+        intercept = layer.op_type != "MatMul"
+        x = x.astype(np.float64)
+        if intercept:
+            x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+        gram = x.T @ x
+        d = w_oi.reshape(cout, -1).shape[1]
+        lam = ridge * np.trace(gram[:d, :d]) / d
+        reg = np.full(gram.shape[0], lam)
+        if intercept:
+            reg[-1] = 0.0
+        mask = np.zeros((cout, gram.shape[0]), dtype=bool)
+        mask[:, :d] = w_oi.reshape(cout, -1) != 0
+        if intercept:
+            mask[:, -1] = True
+        target = np.zeros((cout, gram.shape[0]))
+        target[:, :d] = wd.reshape(cout, -1)
+        v = np.where(mask, target, 0.0)
+        b = np.where(mask, target @ gram, 0.0)  # rows of X^T X wd (masked)
+
+        def apply(m: np.ndarray) -> np.ndarray:
+            return np.where(mask, m @ gram + reg * m, 0.0)
+
+        r = b - apply(v)
+        p = r.copy()
+        rs = np.einsum("ij,ij->i", r, r)
+        tol = 1e-10 * np.maximum(np.einsum("ij,ij->i", b, b), 1e-30)
+        for _ in range(iters):
+            if np.all(rs <= tol):
+                break
+            ap = apply(p)
+            denom = np.einsum("ij,ij->i", p, ap)
+            alpha = np.divide(rs, denom, out=np.zeros_like(rs), where=denom > 0)
+            v += alpha[:, None] * p
+            r -= alpha[:, None] * ap
+            rs_new = np.einsum("ij,ij->i", r, r)
+            beta = np.divide(rs_new, rs, out=np.zeros_like(rs), where=rs > 0)
+            p = r + beta[:, None] * p
+            rs = rs_new
+        new_w = v[:, :d].reshape(w_oi.shape)
+        node.inputs[1].const_value = ir.tensor(_from_out_in(layer, new_w, trans_b).astype(w.dtype),
+                                               name=node.inputs[1].name)
+        if intercept:
+            bias = _ensure_bias(model, node, cout, w.dtype)
+            bb = bias.const_value.numpy().astype(np.float64)
+            bias.const_value = ir.tensor((bb + v[:, -1].reshape(bb.shape)).astype(w.dtype), name=bias.name)
+
+
+def sparsify_with_refit(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
+                        rows: Mapping[str, np.ndarray], plan) -> None:
+    """Apply a :class:`~emomc_onnx.passes.sparsity.SparsityPlan` in place, then re-fit the
+    surviving weights of every sparsified layer (``refit_sparse``)."""
+    from emomc_onnx.passes.sparsity import SparsityPass
+
+    todo = {name for name, d in plan.density.items() if d < 1.0}
+    dense = {n.name: n.inputs[1].const_value.numpy().copy() for n in model.graph
+             if n.name in todo and len(n.inputs) > 1 and n.inputs[1] is not None
+             and n.inputs[1].const_value is not None}
+    SparsityPass(plan)(model)
+    refit_sparse(model, analysis, keep, rows, dense)

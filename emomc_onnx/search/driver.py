@@ -180,7 +180,7 @@ class SearchResult:
     baseline_search: Evaluation
     front: tuple[FrontMember, ...]
     history: tuple[HVRecord, ...]
-    stage_hv: dict[int, float]
+    stage_hv: dict[int, float]  # search-subset hypervolume after stage 1, after stage 2
     front_hv: float
     candidates: tuple[Candidate, ...]
     n_evaluations: int
@@ -571,7 +571,9 @@ def run_search(
     finally:
         if run.pool is not None:
             run.pool.shutdown(wait=True, cancel_futures=True)
-    stage_hv = {s: hypervolume(run._feasible_F(s), run.obj_search.n_obj) for s in (1, 2)}
+    # hypervolume reached after each stage: stage 1's candidates, then stages 1 and 2 together
+    stage_hv = {1: hypervolume(run._feasible_F(1), run.obj_search.n_obj),
+                2: hypervolume(run._feasible_F(), run.obj_search.n_obj)}
     front_F = np.array([m.objectives_full for m in front], dtype=float).reshape(
         len(front), run.obj_search.n_obj)
     return SearchResult(

@@ -295,3 +295,55 @@ def test_invalid_entry_leaves_nothing_half_done() -> None:
     with pytest.raises(PlanError, match="nope"):
         SparsityPass(SparsityPlan(density={"conv": 0.5, "nope": 0.5}))(irm)
     assert np.array_equal(irm.graph.initializers["cw"].const_value.numpy(), before)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.2, 0.5, 0.8]), st.booleans())
+def test_refit_sparse_solves_the_masked_normal_equations(seed, density, trans_b) -> None:
+    """refit_sparse on a Gemm equals, row by row, the explicit ridge solution over the row's
+    nonzeros plus a bias shift, keeps the zero pattern, and lowers the output error."""
+    from emomc_onnx.analysis import analyze
+    from emomc_onnx.passes.recovery import refit_sparse
+
+    rng = np.random.default_rng(seed)
+    k, n, rows = 12, 5, 300
+    w = rng.normal(size=(n, k) if trans_b else (k, n)).astype(np.float32)
+    b = rng.normal(size=n).astype(np.float32)
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N, {k}] x) => (float[N, {n}] y) {{
+        y = Gemm <transB = {int(trans_b)}> (x, w, b)
+    }}
+    """
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.extend([numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = ir.from_proto(proto)
+    analysis = analyze(model)
+    name = analysis.layers[0].name
+    # correlated inputs, so the refit has something to do
+    x = (rng.normal(size=(rows, k)) @ rng.normal(size=(k, k))).astype(np.float32)
+    SparsityPass(SparsityPlan(density={name: density}))(model)
+    node = next(iter(model.graph))
+    sparse = node.inputs[1].const_value.numpy().copy()
+    refit_sparse(model, analysis, None, {name: x}, {name: w}, ridge=1e-3, iters=200)
+    new_w = node.inputs[1].const_value.numpy()
+    new_b = node.inputs[2].const_value.numpy()
+    assert np.all(new_w[sparse == 0] == 0)  # the zero pattern is kept
+
+    w_oi = w if trans_b else w.T
+    s_oi = sparse if trans_b else sparse.T
+    n_oi = new_w if trans_b else new_w.T
+    x64 = x.astype(np.float64)
+    lam = 1e-3 * np.trace(x64.T @ x64) / k
+    for o in range(n):
+        sup = s_oi[o] != 0
+        a = np.concatenate([x64[:, sup], np.ones((rows, 1))], axis=1)
+        reg = lam * np.eye(a.shape[1])
+        reg[-1, -1] = 0
+        sol = np.linalg.solve(a.T @ a + reg, a.T @ (x64 @ w_oi[o]))
+        np.testing.assert_allclose(n_oi[o, sup], sol[:-1], rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(new_b[o] - b[o], sol[-1], rtol=2e-3, atol=2e-3)
+    dense_out = x64 @ w_oi.T
+    err_plain = np.mean((x64 @ s_oi.T - dense_out) ** 2)
+    err_refit = np.mean((x64 @ n_oi.T + (new_b - b) - dense_out) ** 2)
+    assert err_refit <= err_plain + 1e-9
