@@ -1,4 +1,5 @@
-"""How much accuracy training-free recovery gets back at 30% and 50% channel removal.
+"""How much accuracy training-free recovery gets back at 30% and 50% channel removal, and at
+50% / 65% of weights zeroed by fine-grained magnitude sparsity (plain vs least-squares re-fit).
 
 Models: the embedded demo CNN on its held-out MNIST digits (top-1 accuracy), and the
 ResNet-style fixture (random weights: agreement of top-1 with the unpruned model and output
@@ -21,7 +22,8 @@ from _common import write
 from emomc_onnx import io
 from emomc_onnx.analysis import analyze
 from emomc_onnx.passes.channel_pruning import uniform_plan
-from emomc_onnx.passes.recovery import prune_with_recovery
+from emomc_onnx.passes.recovery import lsq_rows, prune_with_recovery, sparsify_with_refit
+from emomc_onnx.passes.sparsity import SparsityPass, SparsityPlan
 from tests.models import build
 
 
@@ -69,7 +71,7 @@ def main() -> None:
         original = loaded.proto()
         ref = _run(original, evalx)
         batches = [{"input": calib[i:i + 64]} for i in range(0, len(calib), 64)]
-        base = {"model": name, "removed": 0.0, "recovery": "-", "MACs": analysis.macs,
+        base = {"model": name, "kind": "-", "removed": 0.0, "recovery": "-", "MACs": analysis.macs,
                 "accuracy": float((ref.argmax(1) == labels).mean()) if labels is not None else None}
         base.update({"agreement": 1.0, "SQNR dB": float("inf"), "recovery s/sample": 0.0})
         rows.append(base)
@@ -81,7 +83,26 @@ def main() -> None:
                 prune_with_recovery(model, analysis, plan, recovery=rec, original=original, batches=batches)
                 dt = time.perf_counter() - t
                 out = _run(io.to_proto(model), evalx)
-                row = {"model": name, "removed": ratio, "recovery": rec, "MACs": analyze(model).macs,
+                row = {"model": name, "kind": "channels", "removed": ratio, "recovery": rec, "MACs": analyze(model).macs,
+                       "accuracy": float((out.argmax(1) == labels).mean()) if labels is not None else None}
+                row.update({"agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+                            "SQNR dB": _sqnr(ref, out),
+                            "recovery s/sample": dt / len(calib) if rec != "none" else 0.0})
+                rows.append(row)
+        rows_x = lsq_rows(loaded.model, analysis.layers, original, batches)
+        for zeroed in (0.5, 0.65):
+            splan = SparsityPlan(density={lay.name: 1.0 - zeroed for lay in analysis.layers})
+            for rec in ("none", "lsq"):
+                model = io.clone(loaded.model)
+                t = time.perf_counter()
+                if rec == "lsq":
+                    sparsify_with_refit(model, analysis, None, rows_x, splan)
+                else:
+                    SparsityPass(splan)(model)
+                dt = time.perf_counter() - t
+                out = _run(io.to_proto(model), evalx)
+                row = {"model": name, "kind": "weights", "removed": zeroed, "recovery": rec,
+                       "MACs": analysis.macs,
                        "accuracy": float((out.argmax(1) == labels).mean()) if labels is not None else None}
                 row.update({"agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
                             "SQNR dB": _sqnr(ref, out),
