@@ -55,19 +55,21 @@ def _factors(proto, base_proto, prof, dataflow=None, coding=None) -> tuple[float
 
 def run_one(model: str, profile: str, args) -> dict:
     model_path, data_path = MODELS[model]()
-    outdir = ROOT / "benchmarks/results/reference_runs" / f"{model}_{profile}"
+    suffix = f"_drop{args.max_accuracy_drop:g}" if args.max_accuracy_drop is not None else ""
+    outdir = ROOT / "benchmarks/results/reference_runs" / f"{model}_{profile}{suffix}"
     t0 = time.time()
     result, entries, evaluator = api.compress(
         model_path, outdir, profile_name=profile, data=data_path, generations=args.generations,
         population=args.population, workers=args.workers, eval_samples=args.eval_samples,
-        calib_samples=args.calib_samples, seed=0, resume=True)
+        calib_samples=args.calib_samples, seed=0, resume=True, max_accuracy_drop=args.max_accuracy_drop)
     wall = time.time() - t0
     prof = load_profile(profile)
     base_proto = evaluator.original
     base_acc = result.baseline.metric
     ev = evaluator.full
     x, y = ev.arrays["input"], ev.labels
-    row: dict = {"model": model, "profile": profile, "float_accuracy": base_acc,
+    row: dict = {"model": model, "profile": profile, "max_accuracy_drop": args.max_accuracy_drop,
+                 "float_accuracy": base_acc,
                  "evaluations": result.n_evaluations, "wall_s": wall, "hypervolume": result.front_hv,
                  "baseline_word_bits": prof.baseline_weight_bits}
     for drop in (0.3, 0.5, 1.0, 2.0):
@@ -112,7 +114,7 @@ def write_md(rows: list[dict], args) -> str:
              "| ORT int4-w | evals | wall s | HV |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['profile']} | {r['baseline_word_bits']}-bit | {100 * r['float_accuracy']:.2f}% | {_fmt(r.get('within_0.3'))} | "
+            f"| {r['model']} | {_label(r)} | {r['baseline_word_bits']}-bit | {100 * r['float_accuracy']:.2f}% | {_fmt(r.get('within_0.3'))} | "
             f"{_fmt(r.get('within_0.5'))} | {_fmt(r.get('within_1.0'))} | {_fmt(r.get('within_2.0'))} | "
             f"{_fmt(r.get('ORT int8'))} | {_fmt(r.get('ORT int4-weight'))} | {r['evaluations']} | "
             f"{r['wall_s']:.0f} | {r['hypervolume']:.3f} |")
@@ -126,15 +128,24 @@ def write_md(rows: list[dict], args) -> str:
             continue
         e, s = c["energy_x_by_dataflow"], c["size_x_by_coding"]
         verdict = [f"{k}: {'beats' if v > PAPER['energy'][k] else 'below'}" for k, v in e.items()]
-        lines.append(f"| {r['model']} | " + " | ".join(f"{e[k]:.1f}x" for k in ("xy", "icoc", "fxfy", "xfx"))
+        lines.append(f"| {r['model']} ({_label(r)}) | " + " | ".join(f"{e[k]:.1f}x" for k in ("xy", "icoc", "fxfy", "xfx"))
                      + " | " + " | ".join(f"{s[k]:.1f}x" for k in ("normal", "csr", "coo")) + " |")
         lines.append(f"|   ({', '.join(verdict)}) | | | | | | | |")
-    lines += ["", "## Commands", ""] + [f"- {r['model']} / {r['profile']}: `{r.get('command', '?')}`" for r in rows]
+    lines += ["", "## Commands", ""] + [f"- {r['model']} / {_label(r)}: `{r.get('command', '?')}`" for r in rows]
     return "\n".join(lines) + "\n"
 
 
+def _key(row: dict) -> tuple:
+    return row["model"], row["profile"], row.get("max_accuracy_drop")
+
+
+def _label(row: dict) -> str:
+    drop = row.get("max_accuracy_drop")
+    return row["profile"] + (f" (search constrained to {drop:g} pt)" if drop is not None else "")
+
+
 def _command(args, model: str, profile: str) -> str:
-    opts = {k: v for k, v in vars(args).items() if k not in ("models", "profiles")}
+    opts = {k: v for k, v in vars(args).items() if k not in ("models", "profiles") and v is not None}
     return (f"python benchmarks/reference.py --models {model} --profiles {profile} "
             + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items()))
 
@@ -148,6 +159,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--eval-samples", type=int, default=1000)
     ap.add_argument("--calib-samples", type=int, default=200)
+    ap.add_argument("--max-accuracy-drop", type=float, default=None,
+                    help="search constraint in points (the front then holds only models within it)")
     args = ap.parse_args()
     out = ROOT / "benchmarks/results"
     # rows of earlier invocations (other models or profiles) are kept; a re-run replaces its own
@@ -158,8 +171,8 @@ def main() -> None:
             print(f"== {model} / {profile}")
             row = run_one(model, profile, args)
             row["command"] = _command(args, model, profile)
-            rows = [r for r in rows if (r["model"], r["profile"]) != (model, profile)] + [row]
-            rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["profile"]))
+            rows = [r for r in rows if _key(r) != _key(row)] + [row]
+            rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["profile"], r.get("max_accuracy_drop") or 0))
             (out / "reference.json").write_text(json.dumps(rows, indent=2, default=str))
             (out / "reference.md").write_text(write_md(rows, args))
     print((ROOT / "benchmarks/results/reference.md").read_text())

@@ -276,9 +276,23 @@ def traffic_from_mapping(mapping: Mapping, inp: DataflowInput, profile) -> Traff
     return Traffic(c.reads, c.writes, c.network, mapping=mapping.describe(), notes=tuple(notes))
 
 
+# Mapping a layer is a small search over loop tilings; a compression search costs the same
+# layer shapes over and over, so results are memoised per (dataflow, layer input, profile).
+# Callers treat a Traffic as read-only.
+_MAPPED_CACHE: dict[tuple, Traffic] = {}
+_MAPPED_CACHE_MAX = 4096
+
+
 def _mapped(name: str) -> DataflowFn:
     def fn(inp: DataflowInput, profile) -> Traffic:
-        return traffic_from_mapping(build_mapping(name, inp, profile), inp, profile)
+        key = (name, inp, getattr(profile, "sha256", None) or id(profile))
+        hit = _MAPPED_CACHE.get(key)
+        if hit is None:
+            hit = traffic_from_mapping(build_mapping(name, inp, profile), inp, profile)
+            if len(_MAPPED_CACHE) >= _MAPPED_CACHE_MAX:
+                _MAPPED_CACHE.clear()
+            _MAPPED_CACHE[key] = hit
+        return hit
 
     fn.__name__ = f"dataflow_{name}"
     fn.__doc__ = f"Eyeriss-framework dataflow {name!r} (see _RECIPES)."

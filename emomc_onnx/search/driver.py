@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -202,6 +203,36 @@ class SearchResult:
 _WORKER_EVALUATOR: Evaluator | None = None
 
 
+# Math libraries in a worker start one thread each: N workers with N-thread BLAS pools each
+# oversubscribe the cores (measured on the demo: 2 workers were slower than 1). Set in the
+# parent only while it spawns workers, since a library reads them when it loads.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                "NUMEXPR_NUM_THREADS")
+
+
+def _spawn_pool(workers: int, mp_context: str, factory: EvaluatorFactory) -> cf.ProcessPoolExecutor:
+    """A started worker pool whose processes use single-threaded math libraries."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    for k in _THREAD_VARS:
+        os.environ.setdefault(k, "1")
+    try:
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(mp_context),
+                                      initializer=_worker_init, initargs=(factory,))
+        # start every worker now, while the variables are set
+        list(pool.map(_worker_ping, range(workers * 2)))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return pool
+
+
+def _worker_ping(_: int) -> int:
+    return os.getpid()
+
+
 def _worker_init(factory: EvaluatorFactory) -> None:
     """Build the evaluator once per worker; Ctrl-C is handled by the parent only."""
     global _WORKER_EVALUATOR
@@ -273,10 +304,7 @@ class _Run:
              ) -> Iterator[tuple[Evaluation | None, str | None, float]]:
         if self.config.workers > 1 and len(plans) > 1:
             if self.pool is None:
-                ctx = multiprocessing.get_context(self.config.mp_context)
-                self.pool = cf.ProcessPoolExecutor(
-                    max_workers=self.config.workers, mp_context=ctx,
-                    initializer=_worker_init, initargs=(self.factory,))
+                self.pool = _spawn_pool(self.config.workers, self.config.mp_context, self.factory)
             yield from self.pool.map(_worker_eval, plans, itertools.repeat(subset))
         else:
             for p in plans:
