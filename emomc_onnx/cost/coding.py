@@ -34,6 +34,7 @@ __all__ = [
     "coded_sizes",
     "estimate_size_bits",
     "huffman_code_lengths",
+    "huffman_total_bits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,41 @@ def huffman_code_lengths(counts: np.ndarray) -> np.ndarray:
         heapq.heappush(heap, (w1 + w2, tie, merged))
         tie += 1
     return lengths
+
+
+def huffman_total_bits(counts: np.ndarray) -> int:
+    """Total Huffman-coded length sum(count * code length), without building the codes.
+
+    The total equals the sum of the weights of all merges. Equal weights are merged in bulk
+    (m nodes of weight w become m // 2 nodes of weight 2w), so the heap holds (weight,
+    multiplicity) pairs: fast even for float weights, where nearly every value is distinct.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    counts = counts[counts > 0]
+    if counts.size <= 1:
+        return int(counts.sum())  # one symbol: one bit each
+    w, m = np.unique(counts, return_counts=True)
+    heap = list(zip(w.tolist(), m.tolist()))
+    heapq.heapify(heap)
+    nodes = int(counts.size)
+    total = 0
+    while nodes > 1:
+        w1, m1 = heapq.heappop(heap)
+        if m1 >= 2:
+            pairs = m1 // 2
+            total += 2 * w1 * pairs
+            nodes -= pairs
+            if m1 % 2:
+                heapq.heappush(heap, (w1, 1))
+            heapq.heappush(heap, (2 * w1, pairs))
+        else:
+            w2, m2 = heapq.heappop(heap)
+            total += w1 + w2
+            nodes -= 1
+            if m2 > 1:
+                heapq.heappush(heap, (w2, m2 - 1))
+            heapq.heappush(heap, (w1 + w2, 1))
+    return total
 
 
 def _histogram(flat: np.ndarray) -> np.ndarray:
@@ -136,8 +172,7 @@ def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -
         return pairs * (r + bits)
     if scheme == "huffman":
         counts = _histogram(flat)
-        lengths = huffman_code_lengths(counts)
-        return int(np.dot(counts, lengths)) + counts.size * (bits + p["length_bits"])
+        return huffman_total_bits(counts) + counts.size * (bits + p["length_bits"])
     raise ValueError(f"unknown coding scheme {scheme!r}")
 
 

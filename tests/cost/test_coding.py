@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emomc_onnx.cost import coded_size_bits, estimate_size_bits
-from emomc_onnx.cost.coding import SCHEMES, huffman_code_lengths
+from emomc_onnx.cost.coding import SCHEMES, huffman_code_lengths, huffman_total_bits
 
 # 20 weights, 5 nonzeros at positions 0, 3, 4, 15, 16 (gaps 0, 2, 0, 10, 0), 3 trailing zeros.
 T = np.zeros(20, dtype=np.int8)
@@ -114,3 +114,12 @@ def test_estimates() -> None:
     exact = coded_size_bits(w, b, "relative_index", index_bits=3)
     est = estimate_size_bits(n, b, np.count_nonzero(w) / n, "relative_index", index_bits=3)
     assert abs(est - exact) / exact < 0.05
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=200))
+def test_huffman_total_bits_equals_code_lengths(counts) -> None:
+    """The bulk-merging total equals sum(count * length) of the explicit Huffman code."""
+    c = np.array(counts)
+    expected = int(np.dot(c, huffman_code_lengths(c))) if len(c) > 1 else int(c.sum())
+    assert huffman_total_bits(c) == expected
