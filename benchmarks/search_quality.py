@@ -160,6 +160,8 @@ def _cli() -> None:
                     help="the real embedded demo model and data (eyeriss profile) instead of the toy")
     ap.add_argument("--profile", default="eyeriss")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--max-accuracy-drop", type=float, default=None,
+                    help="points; every method's hypervolume then counts only models within it")
     a = ap.parse_args()
     if a.demo:
         import _common
@@ -172,8 +174,10 @@ def _cli() -> None:
         extra = {name: ev.evaluate_model(proto, "search")
                  for name, proto in _common.ort_points(demo_paths()[0], ev.calib_batches).items()}
         main(f, make_space(ev), evaluations=a.evaluations, population=a.population, seed=a.seed,
-             extra_points=extra, workers=a.workers,
-             out=a.out or str(_common.RESULTS / f"search_quality_demo_{a.profile}.json"))
+             extra_points=extra, workers=a.workers, max_accuracy_drop=a.max_accuracy_drop,
+             out=a.out or str(_common.RESULTS / (f"search_quality_demo_{a.profile}"
+                                                 + (f"_drop{a.max_accuracy_drop:g}" if a.max_accuracy_drop else "")
+                                                 + ".json")))
         return
     f = ToyEvaluatorFactory()
     main(f, toy_space(f), evaluations=a.evaluations, population=a.population, seed=a.seed,
