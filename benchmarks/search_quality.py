@@ -160,6 +160,8 @@ def _cli() -> None:
                     help="the real embedded demo model and data (eyeriss profile) instead of the toy")
     ap.add_argument("--profile", default="eyeriss")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--stage1-quantized", action="store_true",
+                    help="stage 1 compares architectures at the space's reference bits (W8A8)")
     ap.add_argument("--max-accuracy-drop", type=float, default=None,
                     help="points; every method's hypervolume then counts only models within it")
     a = ap.parse_args()
@@ -173,10 +175,11 @@ def _cli() -> None:
         ev = f()
         extra = {name: ev.evaluate_model(proto, "search")
                  for name, proto in _common.ort_points(demo_paths()[0], ev.calib_batches).items()}
-        main(f, make_space(ev), evaluations=a.evaluations, population=a.population, seed=a.seed,
+        main(f, make_space(ev, stage1_quantized=a.stage1_quantized), evaluations=a.evaluations, population=a.population, seed=a.seed,
              extra_points=extra, workers=a.workers, max_accuracy_drop=a.max_accuracy_drop,
              out=a.out or str(_common.RESULTS / (f"search_quality_demo_{a.profile}"
                                                  + (f"_drop{a.max_accuracy_drop:g}" if a.max_accuracy_drop else "")
+                                                 + ("_s1q" if a.stage1_quantized else "")
                                                  + ".json")))
         return
     f = ToyEvaluatorFactory()

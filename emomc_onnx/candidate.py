@@ -267,8 +267,9 @@ def _params(proto: onnx.ModelProto) -> int:
     return total
 
 
-def make_space(evaluator: OnnxEvaluator, kind: str = "full", multiple: int | None = None):
-    """The search space of a model under a profile."""
+def make_space(evaluator: OnnxEvaluator, kind: str = "full", multiple: int | None = None,
+               stage1_quantized: bool = False):
+    """The search space of a model under a profile (``stage1_quantized``: see SearchSpace)."""
     from emomc_onnx.search.space import GroupGene, LayerGene, SearchSpace
 
     prof = evaluator.profile
@@ -282,5 +283,5 @@ def make_space(evaluator: OnnxEvaluator, kind: str = "full", multiple: int | Non
     densities = tuple(round(d, 2) for d in np.arange(0.1, 1.0001, 0.05))
     ref = (max(wbits), max(abits))
     return SearchSpace(groups=groups, layers=layers, densities=densities, wbits=wbits, abits=abits,
-                       reference_bits=ref, kind=kind)
+                       reference_bits=ref, kind=kind, stage1_quantized=stage1_quantized)
 

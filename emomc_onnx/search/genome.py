@@ -78,8 +78,9 @@ class GenomeCodec:
             keep = {g.id: self._keep_choices[j][xi[j]] for j, g in enumerate(sp.groups)}
             density = {nm: self._dens[xi[n_g + i]] for i, nm in enumerate(names)}
             if stage == 1:
-                wb = {nm: None for nm in names}
-                ab = {nm: None for nm in names}
+                w1, a1 = sp.reference_bits if sp.stage1_quantized else (None, None)
+                wb = {nm: w1 for nm in names}
+                ab = {nm: a1 for nm in names}
             else:
                 o = n_g + n_l
                 wb = {nm: sp.wbits[xi[o + i]] for i, nm in enumerate(names)}
@@ -132,9 +133,13 @@ class GenomeCodec:
                         raise PlanError(f"emomc space fixes abits[{nm!r}] at "
                                         f"{sp.reference_bits[1]}, got {plan.abits.get(nm)}")
         if stage == 1:
+            ok = {(None, None)}
+            if sp.stage1_quantized and sp.kind == "full":
+                ok.add(tuple(sp.reference_bits))
             for nm in names:
-                if plan.wbits.get(nm) is not None or plan.abits.get(nm) is not None:
-                    raise PlanError(f"stage-1 plans have no bit widths, layer {nm!r} has some")
+                if (plan.wbits.get(nm), plan.abits.get(nm)) not in ok:
+                    raise PlanError(f"stage-1 plans have no bit widths other than {sorted(ok, key=str)}, "
+                                    f"layer {nm!r} has ({plan.wbits.get(nm)}, {plan.abits.get(nm)})")
         return np.asarray(genes, dtype=np.int64)
 
     def extend(self, x1: np.ndarray, wbits_idx: np.ndarray, abits_idx: np.ndarray | None

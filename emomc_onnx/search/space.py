@@ -90,6 +90,8 @@ class SearchSpace:
         abits: allowed activation bit widths.
         reference_bits: (weight, activation) bits used for float layers; the ``emomc`` space
             fixes activations at ``reference_bits[1]``.
+        stage1_quantized: stage-1 plans of the ``full`` space quantize every layer at
+            ``reference_bits`` (architectures compared as they would deploy) instead of float.
         kind: ``"full"`` (keep per group, density/wbits/abits per layer) or ``"emomc"`` (the
             paper's space: one global density, one weight bit width per layer, activations
             at the reference bits, no channel pruning).
@@ -102,6 +104,7 @@ class SearchSpace:
     abits: tuple[int, ...]
     reference_bits: tuple[int, int] = (16, 16)
     kind: SpaceKind = "full"
+    stage1_quantized: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "groups", tuple(self.groups))

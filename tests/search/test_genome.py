@@ -124,3 +124,19 @@ def test_plan_key_is_stable_and_discriminating() -> None:
     c = CompressionPlan(keep={1: 4, 2: 8}, density={"a": 1.0, "b": 0.5}, wbits={"a": 4},
                         abits={})
     assert c.key() != a.key()
+
+
+def test_stage1_quantized_decodes_reference_bits() -> None:
+    """A stage-1 genome decodes to float layers by default and to the reference bits on every
+    layer with stage1_quantized; encoding the plan back gives the same genome."""
+    import dataclasses
+
+    sp = _space()
+    q = dataclasses.replace(sp, stage1_quantized=True)
+    x = GenomeCodec(sp).bounds(1)[1]
+    plain, quant = GenomeCodec(sp).decode(x, 1), GenomeCodec(q).decode(x, 1)
+    assert set(plain.wbits.values()) == {None} and set(plain.abits.values()) == {None}
+    assert set(quant.wbits.values()) == {q.reference_bits[0]}
+    assert set(quant.abits.values()) == {q.reference_bits[1]}
+    assert quant.keep == plain.keep and quant.density == plain.density
+    assert np.array_equal(GenomeCodec(q).encode(quant, 1), x)
