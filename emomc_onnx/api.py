@@ -89,7 +89,13 @@ def prune(
         acts = activation_means(original, batches, analysis.layers, absolute=True)
         plan = type(plan)(keep=plan.keep, criterion=criterion, activations=acts)
     pruned = io.clone(loaded.model)
-    keep = prune_with_recovery(pruned, analysis, plan, recovery=recovery, original=original, batches=batches)
+    rows = None
+    if recovery == "lsq":  # one pass over the calibration data serves pruning and sparsity
+        from emomc_onnx.passes.recovery import lsq_rows
+
+        rows = lsq_rows(loaded.model, analysis.layers, original, batches, max_rows=4096)
+    keep = prune_with_recovery(pruned, analysis, plan, recovery=recovery, original=original, batches=batches,
+                               rows=rows)
     after = _analyze(pruned)
     before_d = {"MACs": analysis.macs, "params": analysis.params}
     after_d = {"MACs": after.macs, "params": after.params}
@@ -101,9 +107,8 @@ def prune(
             raise EmomcError(f"--sparsity {sparsity}: must be in [0, 1)")
         splan = SparsityPlan(density={lay.name: 1.0 - sparsity for lay in after.layers}, pattern=pattern)
         if recovery == "lsq":  # the surviving weights are re-fitted too
-            from emomc_onnx.passes.recovery import lsq_rows, sparsify_with_refit
+            from emomc_onnx.passes.recovery import sparsify_with_refit
 
-            rows = lsq_rows(loaded.model, analysis.layers, original, batches)
             sparsify_with_refit(pruned, analysis, keep, rows, splan)
             proto = io.to_proto(pruned)
         else:

@@ -275,8 +275,11 @@ def prune_with_recovery(
     max_rows: int = 4096,
     ridge: float = 1e-3,
     seed: int = 0,
+    rows: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Prune ``model`` in place (recovering as asked) and return the id keep mask."""
+    """Prune ``model`` in place (recovering as asked) and return the id keep mask.
+
+    ``rows``: precomputed ``lsq_rows`` of the original model (else collected here)."""
     if recovery not in RECOVERIES:
         raise ValueError(recovery)
     importance = group_importance(model, analysis, plan.criterion, plan.activations)
@@ -293,7 +296,7 @@ def prune_with_recovery(
             means = activation_means(original, batches, [lay for lay in analysis.layers if lay.name in masks])
             _bias_compensation(model, analysis, masks, means)
         else:
-            _lsq(model, analysis, masks, original, batches, max_rows, ridge, seed)
+            _lsq(model, analysis, masks, original, batches, max_rows, ridge, seed, rows=rows)
     apply_keep_mask(model, analysis, keep)
     return keep
 
