@@ -99,24 +99,19 @@ def prune(
     after = _analyze(pruned)
     before_d = {"MACs": analysis.macs, "params": analysis.params}
     after_d = {"MACs": after.macs, "params": after.params}
-    proto = io.to_proto(pruned)
     if sparsity is not None:
-        from emomc_onnx.passes.sparsity import SparsityPlan, sparsify_model, weight_density
+        from emomc_onnx.passes.recovery import sparsify_with_refit
+        from emomc_onnx.passes.sparsity import SparsityPlan, weight_density
 
         if not 0.0 <= sparsity < 1.0:
             raise EmomcError(f"--sparsity {sparsity}: must be in [0, 1)")
         splan = SparsityPlan(density={lay.name: 1.0 - sparsity for lay in after.layers}, pattern=pattern)
-        if recovery == "lsq":  # the surviving weights are re-fitted too
-            from emomc_onnx.passes.recovery import sparsify_with_refit
-
-            sparsify_with_refit(pruned, analysis, keep, rows, splan)
-            proto = io.to_proto(pruned)
-        else:
-            proto = sparsify_model(proto, splan)
-        dens = weight_density(proto)
+        sparsify_with_refit(pruned, analysis, keep, rows, splan)  # rows only with lsq: re-fit too
+        dens = weight_density(pruned)
         total = sum(lay.params for lay in after.layers)
         before_d["density"] = 1.0
         after_d["density"] = sum(dens.get(lay.name, 1.0) * lay.params for lay in after.layers) / max(total, 1)
+    proto = io.to_proto(pruned)
     onnx.checker.check_model(proto)
     io.save_model(proto, output)
     return {"title": f"prune {pathlib.Path(str(model)).name}", "before": before_d, "after": after_d,

@@ -141,15 +141,13 @@ class OnnxEvaluator:
     def build(self, plan) -> onnx.ModelProto:
         """The deployable model for a plan (float if the plan has no bit widths)."""
         from emomc_onnx.passes.recovery import sparsify_with_refit
-        from emomc_onnx.passes.sparsity import SparsityPass, SparsityPlan
+        from emomc_onnx.passes.sparsity import SparsityPlan
 
         model, keep = self._pruned_float(plan)
         dens = {k: float(v) for k, v in plan.density.items() if v < 1.0}
         if dens:
-            if self.rows is not None and self.config.sparse_refit:
-                sparsify_with_refit(model, self.analysis, keep, self.rows, SparsityPlan(density=dens))
-            else:
-                SparsityPass(SparsityPlan(density=dens))(model)
+            sparsify_with_refit(model, self.analysis, keep, self.rows if self.config.sparse_refit else None,
+                                SparsityPlan(density=dens))
         proto = io.to_proto(model)
         bits = {k: (plan.wbits.get(k), plan.abits.get(k)) for k in set(plan.wbits) | set(plan.abits)}
         if any(w is not None or a is not None for w, a in bits.values()):

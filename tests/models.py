@@ -466,6 +466,18 @@ def _h(opset: int = 17, extra: str = "") -> str:
 _SCALARS = {"sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
             "half": np.array(0.5, np.float32)}
 
+def _reshape_matmul(name: str, shape: list[int]) -> Fixture:
+    """Conv -> Relu -> Reshape(shape) -> MatMul, batch fixed at 2."""
+    return _text(name, _h() + """
+        g (float[2,3,4,4] input) => (float[2,5] output) {
+          a = Conv <pads=[1,1,1,1]> (input, w1)
+          r = Relu(a)
+          f = Reshape(r, shape)
+          output = MatMul(f, wm)
+        }""", {"w1": (8, 3, 3, 3), "wm": (128, 5)}, {"input": (2, 3, 4, 4)},
+        consts={"shape": np.array(shape, np.int64)})
+
+
 TEXT: dict[str, Callable[[], Fixture]] = {
     # each of the 6 channels of r2 owns a 6x6 block of the Gemm's 216 input features
     "flatten_gemm": lambda: _text("flatten_gemm", _h() + """
@@ -479,23 +491,9 @@ TEXT: dict[str, Callable[[], Fixture]] = {
         }""", {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (6, 8, 3, 3), "wf": (10, 216), "bf": (10,)},
         {"input": (1, 3, 6, 6)}),
     # shape constant [N, -1] (N = the fixed batch 2): pruning need not touch the constant
-    "reshape_gemm": lambda: _text("reshape_gemm", _h() + """
-        g (float[2,3,4,4] input) => (float[2,5] output) {
-          a = Conv <pads=[1,1,1,1]> (input, w1)
-          r = Relu(a)
-          f = Reshape(r, shape)
-          output = MatMul(f, wm)
-        }""", {"w1": (8, 3, 3, 3), "wm": (128, 5)}, {"input": (2, 3, 4, 4)},
-        consts={"shape": np.array([2, -1], np.int64)}),
+    "reshape_gemm": lambda: _reshape_matmul("reshape_gemm", [2, -1]),
     # shape constant [2, 128] spelled out: pruning must rewrite it
-    "reshape_gemm_explicit": lambda: _text("reshape_gemm_explicit", _h() + """
-        g (float[2,3,4,4] input) => (float[2,5] output) {
-          a = Conv <pads=[1,1,1,1]> (input, w1)
-          r = Relu(a)
-          f = Reshape(r, shape)
-          output = MatMul(f, wm)
-        }""", {"w1": (8, 3, 3, 3), "wm": (128, 5)}, {"input": (2, 3, 4, 4)},
-        consts={"shape": np.array([2, 128], np.int64)}),
+    "reshape_gemm_explicit": lambda: _reshape_matmul("reshape_gemm_explicit", [2, 128]),
     # custom.Mystery is a model-local function, so ONNX Runtime runs it while the analysis
     # sees an op from an unknown domain (it mixes channels: LpNormalization over axis 1)
     "unknown_op": lambda: _text("unknown_op", _h(extra=', "custom" : 1') + """

@@ -381,11 +381,14 @@ def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
 
 
 def sparsify_with_refit(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
-                        rows: Mapping[str, np.ndarray], plan) -> None:
+                        rows: Mapping[str, np.ndarray] | None, plan) -> None:
     """Apply a :class:`~emomc_onnx.passes.sparsity.SparsityPlan` in place, then re-fit the
-    surviving weights of every sparsified layer (``refit_sparse``)."""
+    surviving weights of every sparsified layer (``refit_sparse``); ``rows=None``: no re-fit."""
     from emomc_onnx.passes.sparsity import SparsityPass
 
+    if rows is None:
+        SparsityPass(plan)(model)
+        return
     todo = {name for name, d in plan.density.items() if d < 1.0}
     dense = {n.name: n.inputs[1].const_value.numpy().copy() for n in model.graph
              if n.name in todo and len(n.inputs) > 1 and n.inputs[1] is not None
