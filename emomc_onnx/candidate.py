@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
@@ -99,6 +100,10 @@ class OnnxEvaluator:
                               max_rows=1024, seed=config.seed)
                      if config.recovery == "lsq" else None)
         self._ranges_cache: dict[str, dict] = {}
+        self._arch_cache = _LRU(256 << 20)  # float models per architecture
+        self._layer_cache = _LRU(256 << 20)  # rewritten (weight, bias) per layer configuration
+        self._layer_ids = _layer_channel_ids(self.analysis)
+        self._shared = _shared_weight_layers(self.loaded.model, self.analysis)
         self._baseline = None
 
     # ---- identity --------------------------------------------------------------------
@@ -110,56 +115,112 @@ class OnnxEvaluator:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ---- building --------------------------------------------------------------------
-    def _pruned_float(self, plan) -> tuple[io.ir.Model, np.ndarray | None]:
-        """The pruned float model (bias-compensated) and the channel keep mask."""
-        from emomc_onnx.passes.channel_pruning import (
-            PruningPlan,
-            apply_keep_mask,
-            group_importance,
-            select_channels,
-        )
-        from emomc_onnx.passes.recovery import apply_recovery
+    @staticmethod
+    def _arch_key(plan) -> str:
+        return json.dumps([sorted(plan.keep.items()), sorted(plan.density.items())])
 
-        model = io.clone(self.loaded.model)
+    def _keep_mask(self, plan) -> np.ndarray | None:
+        """The channel keep mask of a plan (None if it prunes nothing)."""
+        from emomc_onnx.passes.channel_pruning import PruningPlan, select_channels
+
         sizes = {g.id: g.channels for g in self.analysis.groups}
         keep_counts = {gid: k for gid, k in plan.keep.items() if k < sizes.get(gid, k + 1)}
         if not keep_counts:
-            return model, None
-        keep_plan = PruningPlan(keep=keep_counts)
-        keep = select_channels(self.analysis, keep_plan, self._importance(model))
-        apply_recovery(model, self.analysis, keep, self.config.recovery, self.means, self.rows)
-        apply_keep_mask(model, self.analysis, keep)
-        return model, keep
+            return None
+        return select_channels(self.analysis, PruningPlan(keep=keep_counts), self._importance())
 
-    def _importance(self, model):
+    def _layer_keys(self, keep: np.ndarray | None, dens: Mapping[str, float]) -> dict[str, tuple | None]:
+        """Layers whose weights recovery or sparsity rewrites -> their cache key (None: not cacheable).
+
+        A layer's rewritten weight and bias depend only on the channels it keeps (input and
+        output) and its density: recovery and re-fit read the original model's rows."""
+        out: dict[str, tuple | None] = {}
+        for lay in self.analysis.layers:
+            in_ids, out_ids = self._layer_ids[lay.name]
+            in_mask = keep[in_ids] if keep is not None else None
+            d = float(dens.get(lay.name, 1.0))
+            if d >= 1.0 and (in_mask is None or in_mask.all()):
+                continue
+            if lay.name in self._shared:
+                out[lay.name] = None
+                continue
+            out_mask = keep[out_ids] if keep is not None else None
+            out[lay.name] = (lay.name, d, *(np.packbits(m).tobytes() if m is not None else b""
+                                           for m in (in_mask, out_mask)))
+        return out
+
+    def _float_model(self, plan) -> tuple[onnx.ModelProto, str]:
+        """The pruned (recovered) and sparsified (re-fitted) float model of a plan's architecture.
+
+        Cached per architecture, and each rewritten layer's weight and bias per (layer, kept
+        channels, density), so a new architecture only computes the layers it does not share
+        with one built before."""
+        from emomc_onnx.passes.channel_pruning import apply_keep_mask
+        from emomc_onnx.passes.recovery import apply_recovery, sparsify_with_refit
+        from emomc_onnx.passes.sparsity import SparsityPlan
+
+        arch_key = self._arch_key(plan)
+        proto = self._arch_cache.get(arch_key)
+        if proto is not None:
+            return proto, arch_key
+        model = io.clone(self.loaded.model)
+        keep = self._keep_mask(plan)
+        dens = {k: float(v) for k, v in plan.density.items() if v < 1.0}
+        keys = self._layer_keys(keep, dens)
+        hits = {name: self._layer_cache.get(k) for name, k in keys.items() if k is not None}
+        hits = {name: v for name, v in hits.items() if v is not None}
+        todo = set(keys) - set(hits)
+        if keep is not None:
+            apply_recovery(model, self.analysis, keep, self.config.recovery, self.means, self.rows, names=todo)
+            apply_keep_mask(model, self.analysis, keep)
+        todo_dens = {k: v for k, v in dens.items() if k not in hits}
+        if todo_dens:
+            sparsify_with_refit(model, self.analysis, keep, self.rows if self.config.sparse_refit else None,
+                                SparsityPlan(density=todo_dens))
+        self._sync_layers(model, keys, hits)
+        proto = io.to_proto(model)
+        self._arch_cache.put(arch_key, proto, proto.ByteSize())
+        return proto, arch_key
+
+    def _sync_layers(self, model: io.ir.Model, keys: Mapping[str, tuple | None], hits: Mapping[str, tuple]) -> None:
+        """Write cached layers' weights into ``model``; cache the layers computed in it."""
+        from emomc_onnx.passes.ir_utils import ensure_bias
+
+        nodes = {n.name: n for n in model.graph}
+        for name, key in keys.items():
+            node = nodes[name]
+            if name in hits:
+                w, b = hits[name]
+                node.inputs[1].const_value = io.ir.Tensor(w, name=node.inputs[1].name)
+                if b is not None:
+                    ensure_bias(model, node, len(b), b.dtype).const_value = io.ir.Tensor(
+                        b, name=f"{name}_bias" if len(node.inputs) < 3 else node.inputs[2].name)
+            elif key is not None:
+                w = node.inputs[1].const_value.numpy().copy()
+                bias = node.inputs[2] if len(node.inputs) > 2 else None
+                b = bias.const_value.numpy().copy() if bias is not None else None
+                self._layer_cache.put(key, (w, b), w.nbytes + (b.nbytes if b is not None else 0))
+
+    def _importance(self):
         from emomc_onnx.passes.channel_pruning import group_importance
 
         if getattr(self, "_imp", None) is None:
-            self._imp = group_importance(model, self.analysis, "l1")
+            self._imp = group_importance(self.loaded.model, self.analysis, "l1")
         return self._imp
 
     def build(self, plan) -> onnx.ModelProto:
         """The deployable model for a plan (float if the plan has no bit widths)."""
-        from emomc_onnx.passes.recovery import sparsify_with_refit
-        from emomc_onnx.passes.sparsity import SparsityPlan
-
-        model, keep = self._pruned_float(plan)
-        dens = {k: float(v) for k, v in plan.density.items() if v < 1.0}
-        if dens:
-            sparsify_with_refit(model, self.analysis, keep, self.rows if self.config.sparse_refit else None,
-                                SparsityPlan(density=dens))
-        proto = io.to_proto(model)
+        proto, arch_key = self._float_model(plan)
         bits = {k: (plan.wbits.get(k), plan.abits.get(k)) for k in set(plan.wbits) | set(plan.abits)}
         if any(w is not None or a is not None for w, a in bits.values()):
-            proto = self._quantize(proto, plan, bits)
+            proto = self._quantize(proto, arch_key, bits)
         return proto
 
-    def _quantize(self, proto: onnx.ModelProto, plan, bits: Mapping[str, tuple]) -> onnx.ModelProto:
+    def _quantize(self, proto: onnx.ModelProto, arch_key: str, bits: Mapping[str, tuple]) -> onnx.ModelProto:
         from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
         from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
 
         layers = {name: LayerBits(w, a) for name, (w, a) in bits.items() if w is not None or a is not None}
-        arch_key = json.dumps([sorted(plan.keep.items()), sorted(plan.density.items())])
         ranges = self._ranges_cache.get(arch_key)
         if ranges is None:
             # every compute layer's tensors, so later plans on this architecture that
@@ -186,15 +247,8 @@ class OnnxEvaluator:
         from emomc_onnx.costing import cost_model
         from emomc_onnx.passes.channel_pruning import predict_layers
 
-        sizes = {g.id: g.channels for g in self.analysis.groups}
-        if any(k < sizes.get(gid, k + 1) for gid, k in plan.keep.items()):
-            from emomc_onnx.passes.channel_pruning import PruningPlan, select_channels
-
-            keep = select_channels(self.analysis, PruningPlan(keep=dict(plan.keep)),
-                                   self._importance(self.loaded.model))
-            layers = predict_layers(self.analysis, keep)
-        else:
-            layers = self.analysis.layers
+        keep = self._keep_mask(plan)
+        layers = predict_layers(self.analysis, keep) if keep is not None else self.analysis.layers
         ref_w, ref_a = self.reference_bits()
         bits = {lay.name: (plan.wbits.get(lay.name) or ref_w, plan.abits.get(lay.name) or ref_a)
                 for lay in layers}
@@ -249,6 +303,62 @@ class OnnxEvaluator:
         if self._baseline is None:
             self._baseline = self.evaluate(CompressionPlan(keep={}, density={}, wbits={}, abits={}), "full")
         return self._baseline
+
+
+class _LRU:
+    """A least-recently-used map bounded by the bytes its values take."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._d: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self.max_bytes = max_bytes
+        self.hits = 0
+
+    def get(self, key):
+        hit = self._d.get(key)
+        if hit is None:
+            return None
+        self.hits += 1
+        self._d.move_to_end(key)
+        return hit[0]
+
+    def clear(self) -> None:
+        self._d.clear()
+        self._bytes = 0
+
+    def put(self, key, value, nbytes: int) -> None:
+        if key in self._d or nbytes > self.max_bytes:
+            return
+        self._d[key] = (value, nbytes)
+        self._bytes += nbytes
+        while self._bytes > self.max_bytes:
+            _, (_, n) = self._d.popitem(last=False)
+            self._bytes -= n
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def _layer_channel_ids(analysis: Analysis) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Layer name -> (channel ids of its input, of its output) in the dependency analysis."""
+    ids: dict[str, dict[str, list]] = {lay.name: {"in": [], "out": []} for lay in analysis.layers}
+    for rec in analysis.graph.records:
+        if rec.kind in ("in", "out") and rec.node in ids:
+            ids[rec.node][rec.kind].append(np.asarray(rec.ids, dtype=np.int64))
+    return {name: tuple(np.concatenate(v[k]) if v[k] else np.zeros(0, dtype=np.int64) for k in ("in", "out"))
+            for name, v in ids.items()}
+
+
+def _shared_weight_layers(model: io.ir.Model, analysis: Analysis) -> set[str]:
+    """Layers whose weight or bias initializer another node also reads (not cached per layer)."""
+    names = {lay.name for lay in analysis.layers}
+    out = set()
+    for node in model.graph:
+        if node.name in names:
+            for v in list(node.inputs[1:3]):
+                if v is not None and len(v.uses()) > 1:
+                    out.add(node.name)
+    return out
 
 
 def _params(proto: onnx.ModelProto) -> int:

@@ -198,3 +198,47 @@ def test_sparse_refit_keeps_density_and_recovers_accuracy(evaluator) -> None:
     acc_plain = plain_ev.evaluate(plan, "full").metric
     assert acc_refit > acc_plain
     assert base - acc_refit < 0.5 * (base - acc_plain)
+
+
+def test_cached_layers_build_the_same_model(evaluator) -> None:
+    """A child mixing two parents' pruning genes (as crossover does) finds some of its
+    rewritten layers (recovered, sparsified, re-fitted) in the per-layer cache; it must come
+    out exactly as when built from scratch: same initializers, same outputs."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from emomc_onnx.candidate import make_space
+    from emomc_onnx.search.genome import GenomeCodec
+
+    codec = GenomeCodec(make_space(evaluator))
+    xl, xu = codec.bounds(1)
+    n = len(xu)
+    x = evaluator.full.arrays["input"][:16]
+
+    def inits(proto):
+        return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.integers(0, 10**6), min_size=3 * n, max_size=3 * n))
+    def check(raw):
+        a, b, pick = (np.array([lo + r % (hi - lo + 1) for r, lo, hi in zip(raw[i * n:(i + 1) * n], xl, xu)])
+                      for i in range(3))
+        child = codec.decode(np.where(pick % 2 == 0, a, b), 1)
+        for cache in (evaluator._arch_cache, evaluator._layer_cache):
+            cache.clear()
+        fresh = evaluator.build(child)
+        for cache in (evaluator._arch_cache, evaluator._layer_cache):
+            cache.clear()
+        evaluator.build(codec.decode(a, 1))
+        evaluator.build(codec.decode(b, 1))
+        hits = evaluator._layer_cache.hits
+        cached = evaluator.build(child)
+        assert evaluator._layer_cache.hits > hits or child in (codec.decode(a, 1), codec.decode(b, 1))
+        fi, ci = inits(fresh), inits(cached)
+        assert fi.keys() == ci.keys()
+        for k in fi:
+            np.testing.assert_array_equal(fi[k], ci[k], err_msg=k)
+        run = [ort.InferenceSession(p.SerializeToString()).run(None, {"input": x})[0] for p in (fresh, cached)]
+        np.testing.assert_array_equal(*run)
+
+    check()

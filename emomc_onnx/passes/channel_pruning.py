@@ -263,7 +263,7 @@ def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> No
 
 
 def _set_const(value: ir.Value, arr: np.ndarray) -> None:
-    value.const_value = ir.tensor(np.ascontiguousarray(arr), name=value.name)
+    value.const_value = ir.Tensor(np.ascontiguousarray(arr), name=value.name)
     value.shape = ir.Shape(arr.shape)
 
 

@@ -24,7 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from emomc_onnx.analysis import Analysis, Layer
-from emomc_onnx.passes.ir_utils import add_initializer
+from emomc_onnx.passes.ir_utils import ensure_bias as _ensure_bias
 from emomc_onnx.passes.channel_pruning import (
     PruningPlan,
     apply_keep_mask,
@@ -120,15 +120,6 @@ def _consumer_masks(analysis: Analysis, keep: np.ndarray) -> dict[str, np.ndarra
     return out
 
 
-def _ensure_bias(model: ir.Model, node: ir.Node, n_out: int, dtype) -> ir.Value:
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        return node.inputs[2]
-    bias = add_initializer(model, f"{node.name}_bias", np.zeros(n_out, dtype=dtype))
-    node.resize_inputs(3)
-    node.replace_input_with(2, bias)
-    return bias
-
-
 def _bias_compensation(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
                        means: Mapping[str, np.ndarray]) -> None:
     nodes = {n.name: n for n in model.graph}
@@ -145,7 +136,7 @@ def _bias_compensation(model: ir.Model, analysis: Analysis, masks: dict[str, np.
         delta = w_sum[:, ~mask] @ mean[~mask]
         bias = _ensure_bias(model, node, w_oi.shape[0], w.dtype)
         b = bias.const_value.numpy().astype(np.float64)
-        bias.const_value = ir.tensor((b + delta.reshape(b.shape)).astype(w.dtype), name=bias.name)
+        bias.const_value = ir.Tensor((b + delta.reshape(b.shape)).astype(w.dtype), name=bias.name)
 
 
 def _im2col_rows(x: np.ndarray, node: ir.Node, kernel: tuple[int, ...], rng: np.random.Generator,
@@ -240,7 +231,7 @@ def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
         new_w2 = w2.copy()
         new_w2[:, col_mask] = sol[:-1].T
         new_w2[:, ~col_mask] = 0.0
-        node.inputs[1].const_value = ir.tensor(
+        node.inputs[1].const_value = ir.Tensor(
             _from_out_in(layer, new_w2.reshape(w_oi.shape), trans_b).astype(w.dtype), name=node.inputs[1].name)
         shift = sol[-1]
         if layer.op_type == "MatMul":
@@ -249,14 +240,17 @@ def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
             continue
         bias = _ensure_bias(model, node, cout, w.dtype)
         b = bias.const_value.numpy().astype(np.float64)
-        bias.const_value = ir.tensor((b + shift.reshape(b.shape)).astype(w.dtype), name=bias.name)
+        bias.const_value = ir.Tensor((b + shift.reshape(b.shape)).astype(w.dtype), name=bias.name)
 
 
 def apply_recovery(model: ir.Model, analysis: Analysis, keep: np.ndarray, recovery: str,
                    means: Mapping[str, np.ndarray] | None = None,
-                   rows: Mapping[str, np.ndarray] | None = None, ridge: float = 1e-3) -> None:
-    """Recover the consumers of removed channels from precomputed statistics (before cutting)."""
-    masks = _consumer_masks(analysis, keep)
+                   rows: Mapping[str, np.ndarray] | None = None, ridge: float = 1e-3,
+                   names: set[str] | None = None) -> None:
+    """Recover the consumers of removed channels from precomputed statistics (before cutting).
+
+    ``names``: recover only these layers (the others keep their weights)."""
+    masks = {k: v for k, v in _consumer_masks(analysis, keep).items() if names is None or k in names}
     if not masks or recovery == "none":
         return
     if recovery == "bias":
@@ -372,12 +366,12 @@ def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
             p = r + beta[:, None] * p
             rs = rs_new
         new_w = v[:, :d].reshape(w_oi.shape)
-        node.inputs[1].const_value = ir.tensor(_from_out_in(layer, new_w, trans_b).astype(w.dtype),
+        node.inputs[1].const_value = ir.Tensor(_from_out_in(layer, new_w, trans_b).astype(w.dtype),
                                                name=node.inputs[1].name)
         if intercept:
             bias = _ensure_bias(model, node, cout, w.dtype)
             bb = bias.const_value.numpy().astype(np.float64)
-            bias.const_value = ir.tensor((bb + v[:, -1].reshape(bb.shape)).astype(w.dtype), name=bias.name)
+            bias.const_value = ir.Tensor((bb + v[:, -1].reshape(bb.shape)).astype(w.dtype), name=bias.name)
 
 
 def sparsify_with_refit(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,

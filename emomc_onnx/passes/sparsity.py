@@ -206,7 +206,7 @@ class SparsityPass(ir.passes.InPlacePass):
             else:
                 w2, back = _out_in(node, w)
                 mask = back(block_mask(w2, density, self.plan.block))
-            value.const_value = ir.tensor(np.where(mask, w, np.zeros_like(w)), name=value.name)
+            value.const_value = ir.Tensor(np.where(mask, w, np.zeros_like(w)), name=value.name)
             logger.debug("sparsity: %s kept %d of %d weights", owner[key], int(mask.sum()), w.size)
         return ir.passes.PassResult(model, modified=bool(todo))
 
