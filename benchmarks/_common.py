@@ -50,13 +50,17 @@ def write(name: str, rows: list[dict], title: str, extra: dict | None = None) ->
     return out
 
 
-def demo_evaluator_factory(profile: str = "eyeriss"):
-    """The evaluator factory of the embedded demo (model + MNIST held-out data)."""
+def demo_evaluator_factory(profile: str = "eyeriss", eval_samples: int = 500, calib_samples: int = 128):
+    """The evaluator factory of the embedded demo (model + MNIST held-out data).
+
+    The defaults are the benchmarks' lighter setting; ``compress --demo`` uses 1000 / 256
+    (of the 1000 demo samples that is 750 evaluation and 250 calibration samples)."""
     from emomc_onnx.api import demo_paths
     from emomc_onnx.candidate import EvaluatorConfig
 
     model, data = demo_paths()
-    return EvaluatorConfig(model=str(model), profile=profile, data=str(data), eval_samples=500, calib_samples=128)
+    return EvaluatorConfig(model=str(model), profile=profile, data=str(data), eval_samples=eval_samples,
+                           calib_samples=calib_samples)
 
 
 def ort_points(model_path, calib_batches) -> dict:

@@ -100,15 +100,18 @@ def _cli() -> None:
     ap.add_argument("--demo", action="store_true",
                     help="the real embedded demo model and data (eyeriss profile) instead of the toy")
     ap.add_argument("--profile", default="eyeriss")
+    ap.add_argument("--eval-samples", type=int, default=1000,
+                    help="demo: search-subset samples (compress's default; the demo data caps it at 750)")
+    ap.add_argument("--calib-samples", type=int, default=256, help="demo: calibration samples (compress's default)")
     a = ap.parse_args()
     if a.demo:
         import _common
 
-        f = _common.demo_evaluator_factory(a.profile)
+        f = _common.demo_evaluator_factory(a.profile, a.eval_samples, a.calib_samples)
         from emomc_onnx.candidate import make_space
 
         main(f, make_space(f()), population=a.population, generations=a.generations, seed=a.seed,
-             out=a.out or str(_common.RESULTS / f"search_overhead_demo_{a.profile}.json"))
+             out=a.out or str(_common.RESULTS / f"search_overhead_demo_{a.profile}_e{a.eval_samples}.json"))
         return
     f = ToyEvaluatorFactory(delay_s=a.delay)
     main(f, toy_space(f), population=a.population, generations=a.generations, seed=a.seed,

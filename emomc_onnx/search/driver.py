@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 _MAX_REASON = 500
 
 
+STAGE2_SEED_POPULATIONS = 3  # stage 2's first generation, in populations (search_quality.py)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Settings of one search run.
@@ -440,17 +443,18 @@ class _Run:
         # the uniform-quantization points a user would try first are always in the population
         for w_level in reversed(range(nw)):
             rows.append(self.codec.extend(archs[0], np.full(n_l, w_level), np.full(n_l, na - 1)))
-        for i in range(P * 3):
-            arch = archs[i % len(archs)]
-            if i < len(archs):
-                w, a = np.full(n_l, nw - 1), np.full(n_l, na - 1)
-            elif i % 2 == 0:
-                pw, pa = pairs[int(self.rng.integers(len(pairs)))]
-                w, a = np.full(n_l, pw), np.full(n_l, pa)
-            else:
-                w, a = self.rng.integers(0, nw, n_l), self.rng.integers(0, na, n_l)
-            rows.append(self.codec.extend(arch, w, a))
-        return self._dedupe(rows, xu2, P)
+        # then every front architecture at every uniform (weight, activation) width, in a random
+        # order: small architectures at low widths are often the best trade-offs, and NSGA-II's
+        # crossover of such parents makes the per-layer mixed precision from there
+        # Each architecture also comes without its fine-grained sparsity: at low bit widths the
+        # sparse index costs more than the zeros save, which stage 1 (float) cannot see.
+        dense = [self.codec.dense(arch) for arch in archs]
+        combos = [(arch, w, a) for arch in archs + dense for w, a in pairs]
+        for i in self.rng.permutation(len(combos)):
+            arch, w, a = combos[int(i)]
+            rows.append(self.codec.extend(arch, np.full(n_l, w), np.full(n_l, a)))
+        # a first generation of several populations' worth (NSGA-II keeps the best P of it)
+        return self._dedupe(rows, xu2, STAGE2_SEED_POPULATIONS * P)
 
     # -- one stage --
     def stage(self, stage: int, X0: np.ndarray, eval_budget: int | None,

@@ -150,6 +150,14 @@ class GenomeCodec:
             parts.append(np.asarray(abits_idx, dtype=np.int64))
         return np.concatenate(parts)
 
+    def dense(self, x1: np.ndarray) -> np.ndarray:
+        """The stage-1 genome with the same channels and no fine-grained sparsity (density 1.0)."""
+        x = np.array(x1, dtype=np.int64)
+        n_g = len(self.space.groups) if self.space.kind == "full" else 0
+        n_d = len(self.space.layers) if self.space.kind == "full" else 1
+        x[n_g:n_g + n_d] = len(self._dens) - 1
+        return x
+
     @staticmethod
     def _check_stage(stage: int) -> None:
         if stage not in (1, 2):

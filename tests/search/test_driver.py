@@ -220,3 +220,24 @@ def test_two_workers_same_front(tmp_path: Path) -> None:
     two = _run(tmp_path / "two", dataclasses.replace(SMALL, workers=2), seed=5)
     assert _front(one) == _front(two)
     assert [c.key for c in one.candidates] == [c.key for c in two.candidates]
+
+
+def test_stage2_first_generation_seeds(tmp_path: Path) -> None:
+    """Stage 2 starts from the stage-1 front at uniform bit widths: up to three populations
+    of them, every one with one weight and one activation width, the most accurate
+    architecture at every weight width, and architectures stripped of their sparsity."""
+    cfg = SearchConfig(population=8, generations=1)
+    r = _run(tmp_path, cfg)
+    s1 = [c for c in r.candidates if c.stage == 1 and c.feasible]
+    s2 = [c for c in r.candidates if c.stage == 2]
+    assert cfg.population < len(s2) <= 3 * cfg.population
+    for c in s2:
+        assert len(set(c.plan.wbits.values())) == 1 and len(set(c.plan.abits.values())) == 1
+    arch = lambda p: (tuple(sorted(p.keep.items())), tuple(sorted(p.density.items())))  # noqa: E731
+    best = min(s1, key=lambda c: (c.objectives, c.key))
+    space = r.space
+    for w in space.wbits:
+        assert any(arch(c.plan) == arch(best.plan) and set(c.plan.wbits.values()) == {w} for c in s2), w
+    s1_archs = {arch(c.plan) for c in s1}
+    dense_new = [c for c in s2 if arch(c.plan) not in s1_archs and set(c.plan.density.values()) == {1.0}]
+    assert dense_new, "no sparsity-free twin of a stage-1 architecture was seeded"
