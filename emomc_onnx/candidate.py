@@ -104,6 +104,7 @@ class OnnxEvaluator:
         self._layer_cache = _LRU(256 << 20)  # rewritten (weight, bias) per layer configuration
         self._layer_ids = _layer_channel_ids(self.analysis)
         self._shared = _shared_weight_layers(self.loaded.model, self.analysis)
+        self._imp = None  # channel importance of the original model (l1), computed once
         self._baseline = None
 
     # ---- identity --------------------------------------------------------------------
@@ -193,8 +194,8 @@ class OnnxEvaluator:
                 w, b = hits[name]
                 node.inputs[1].const_value = io.ir.Tensor(w, name=node.inputs[1].name)
                 if b is not None:
-                    ensure_bias(model, node, len(b), b.dtype).const_value = io.ir.Tensor(
-                        b, name=f"{name}_bias" if len(node.inputs) < 3 else node.inputs[2].name)
+                    bias = ensure_bias(model, node, len(b), b.dtype)
+                    bias.const_value = io.ir.Tensor(b, name=bias.name)
             elif key is not None:
                 w = node.inputs[1].const_value.numpy().copy()
                 bias = node.inputs[2] if len(node.inputs) > 2 else None
@@ -204,7 +205,7 @@ class OnnxEvaluator:
     def _importance(self):
         from emomc_onnx.passes.channel_pruning import group_importance
 
-        if getattr(self, "_imp", None) is None:
+        if self._imp is None:
             self._imp = group_importance(self.loaded.model, self.analysis, "l1")
         return self._imp
 
@@ -355,7 +356,7 @@ def _shared_weight_layers(model: io.ir.Model, analysis: Analysis) -> set[str]:
     out = set()
     for node in model.graph:
         if node.name in names:
-            for v in list(node.inputs[1:3]):
+            for v in node.inputs[1:3]:
                 if v is not None and len(v.uses()) > 1:
                     out.add(node.name)
     return out
