@@ -111,7 +111,7 @@ def prune(
         total = sum(lay.params for lay in after.layers)
         before_d["density"] = 1.0
         after_d["density"] = sum(dens.get(lay.name, 1.0) * lay.params for lay in after.layers) / max(total, 1)
-    proto = io.to_proto(pruned)
+    proto = loaded.restore_signature(io.to_proto(pruned))  # the original's inputs and outputs
     onnx.checker.check_model(proto)
     io.save_model(proto, output)
     return {"title": f"prune {pathlib.Path(str(model)).name}", "before": before_d, "after": after_d,
@@ -133,11 +133,8 @@ def profile(
     from emomc_onnx.cost import compare_dataflows, model_cost
 
     prof = load_profile(profile_name)
-    raw, _ = io._read_proto(pathlib.Path(model))
-    shapes = _shapes(input_shapes)
-    if shapes:
-        io._fix_input_shapes(raw, shapes, str(model))
-    layers = cost_layers(raw, prof)
+    loaded = load(model, input_shapes)  # the same import as every command (QDQ nodes kept)
+    layers = cost_layers(io.to_proto(loaded.model), prof)
     if compare:
         return compare_dataflows(layers, prof, coding=coding)
     return model_cost(layers, prof, dataflow, coding)

@@ -179,7 +179,7 @@ class OnnxEvaluator:
             sparsify_with_refit(model, self.analysis, keep, self.rows if self.config.sparse_refit else None,
                                 SparsityPlan(density=todo_dens))
         self._sync_layers(model, keys, hits)
-        proto = io.to_proto(model)
+        proto = self.loaded.restore_signature(io.to_proto(model))  # runs with the original's batch
         self._arch_cache.put(arch_key, proto, proto.ByteSize())
         return proto, arch_key
 
@@ -273,7 +273,8 @@ class OnnxEvaluator:
         from emomc_onnx.costing import cost_model
 
         return self._measure(proto, subset, lambda: cost_model(
-            proto, self.profile, self.config.dataflow, self.config.coding))
+            proto, self.profile, self.config.dataflow, self.config.coding,
+            input_shapes=dict(self.config.input_shapes) or None))
 
     def _measure(self, proto: onnx.ModelProto, subset: str, cost, build_s: float = 0.0):
         from emomc_onnx.search.evaluator import Evaluation

@@ -222,6 +222,14 @@ def compress(model, demo, profile_name, data, outdir, space, objectives, max_acc
             progress=bar.update, recovery=recovery,
         )
     render_summary(entries, console, baseline=result.baseline)
+    for kind, f in result.failures().items():
+        if f["candidates"] and f["failed"] == f["candidates"]:
+            err_console.print(f"[bold yellow]warning:[/] every {kind} candidate failed ({f['failed']} of "
+                              f"{f['candidates']}), so the front has none; most common reason: {f['reason']}",
+                              highlight=False, soft_wrap=True)
+        elif f["failed"]:
+            logging.getLogger("emomc_onnx").warning("%d of %d %s candidates failed; most common reason: %s",
+                                                    f["failed"], f["candidates"], kind, f["reason"])
     console.print(
         f"{result.n_evaluations} candidates ({result.n_fresh} evaluated, {result.n_cached} from the store) "
         f"in {result.elapsed_s:.1f} s; front hypervolume {result.front_hv:.4f}"

@@ -23,17 +23,20 @@ def cost_layers(
     profile,
     layers: list[Layer] | None = None,
     bits: Mapping[str, tuple[int | None, int | None]] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> list:
     """CostLayer per compute layer: weights as stored (integer codes for QDQ), bits read back.
 
-    Float layers are costed at the profile's baseline bit widths.
+    Float layers are costed at the profile's baseline bit widths; ``input_shapes`` fixes
+    dynamic input dimensions when the layers are analysed here (``layers`` not given).
     """
     from emomc_onnx.cost import CostLayer
 
     quantized = has_qdq(proto)
     view = float_view(proto) if quantized else proto
     if layers is None:
-        layers = analyze(io.load_proto(view, where=proto.graph.name or "<model>").model).layers
+        layers = analyze(io.load_proto(view, where=proto.graph.name or "<model>",
+                                       input_shapes=input_shapes).model).layers
     if bits is None and quantized:
         from emomc_onnx.passes.qdq_bits import read_layer_bits
 
@@ -60,8 +63,8 @@ def cost_layers(
 
 
 def cost_model(proto: onnx.ModelProto, profile, dataflow: str | None = None, coding: str | None = None,
-               layers: list[Layer] | None = None, bits=None):
+               layers: list[Layer] | None = None, bits=None, input_shapes=None):
     """The cost model's report for a float or QDQ model."""
     from emomc_onnx.cost import model_cost
 
-    return model_cost(cost_layers(proto, profile, layers, bits), profile, dataflow, coding)
+    return model_cost(cost_layers(proto, profile, layers, bits, input_shapes), profile, dataflow, coding)

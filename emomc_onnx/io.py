@@ -1,10 +1,15 @@
 """Load and save ONNX models: the proto <-> onnx_ir boundary, checks and normalisation.
 
-``load_model`` reads a file (with external data beside it), checks it, converts opsets
-older than 11, fixes dynamic input dimensions the user gave, and normalises the graph so
-the analysis sees a clean one: Constants lifted to initializers, constants folded,
-BatchNormalization folded into the preceding Conv/Gemm, Identity nodes removed, every node
-named uniquely, shapes inferred. The file on disk is never modified.
+``load_model`` reads a file (with external data beside it), checks it, reads dimensions
+stored as ``dim_value`` -1 or 0 as dynamic (older exporters), upgrades opsets older than 13
+with onnx's version converter (and checks the outputs stay equal), and normalises the graph
+so the analysis sees a clean one: Constants lifted to initializers, constants folded (never
+a Quantize/DequantizeLinear: a peer's QDQ weights stay readable), BatchNormalization folded
+into the preceding Conv/Gemm, Identity nodes removed, every node named uniquely, shapes
+inferred. Normalisation runs on the model's own (dynamic) signature; ``--input-shape``
+values are set afterwards for shape inference only, so nothing shape-dependent is folded
+into constants and every model written from it keeps the original's inputs and outputs
+(``LoadedModel.proto`` / ``LoadedModel.restore_signature``). The file is never modified.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MIN_OPSET = 11
+MIN_OPSET = 13  # per-axis DequantizeLinear; older models are upgraded to it on import
 
 
 @dataclasses.dataclass
@@ -55,10 +60,32 @@ class LoadedModel:
     model: ir.Model
     sha256: str
     path: pathlib.Path | None = None
+    inputs: tuple[onnx.ValueInfoProto, ...] = ()
+    outputs: tuple[onnx.ValueInfoProto, ...] = ()
+    shapes_fixed: bool = False
 
     def proto(self) -> onnx.ModelProto:
-        """The normalised model as a ModelProto (a copy)."""
-        return to_proto(self.model)
+        """The normalised model as a ModelProto (a copy) with the original's input and output
+        signature: what ONNX Runtime runs and what every written model is made from."""
+        return self.restore_signature(to_proto(self.model))
+
+    def restore_signature(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        """Give ``proto`` (built from ``model``) the original graph input/output types, in place.
+
+        ``--input-shape`` fixes dimensions for analysis and costing only: the shapes inferred
+        with them are dropped (``value_info``), and inputs and outputs get back their dynamic
+        dimensions (batch, width), so a written model takes what the original took.
+        """
+        if not self.shapes_fixed:
+            return proto
+        for values, originals in ((proto.graph.input, self.inputs), (proto.graph.output, self.outputs)):
+            by_name = {v.name: v for v in originals}
+            for v in values:
+                orig = by_name.get(v.name)
+                if orig is not None:
+                    v.type.CopyFrom(orig.type)
+        del proto.graph.value_info[:]
+        return proto
 
 
 def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -136,21 +163,110 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return 0
 
 
-def _convert_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+def _dynamic_dims(proto: onnx.ModelProto) -> int:
+    """Dimensions stored as ``dim_value`` <= 0 (older Paddle and TF exports) become symbolic.
+
+    ONNX has no -1 dimension: exporters write it (or 0) for "unknown". Returns the count changed.
+    """
+    changed = 0
+    for kind, values in (("in", proto.graph.input), ("out", proto.graph.output),
+                         ("vi", proto.graph.value_info)):
+        for v in values:
+            if not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
+                continue
+            for i, dim in enumerate(v.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value") and dim.dim_value <= 0:
+                    dim.Clear()
+                    dim.dim_param = f"{v.name}_dim{i}" if kind != "vi" else ""
+                    changed += 1
+    return changed
+
+
+def _probe_feeds(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> dict | None:
+    """Random inputs for an equality check (None when a dimension is unknown)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inits = {t.name for t in proto.graph.initializer}
+    feeds = {}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        if inp.name in shapes:
+            dims = list(shapes[inp.name])
+        else:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            if dims and dims[0] is None:
+                dims[0] = 1
+            if any(d is None for d in dims):
+                return None
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(dims).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[inp.name] = rng.random(dims) < 0.5
+        else:
+            feeds[inp.name] = rng.integers(0, 4, size=dims).astype(dtype)
+    return feeds
+
+
+def _outputs_equal(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict) -> str | None:
+    """None if ORT gives both models the same outputs on ``feeds`` (else what differs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        ra = ort.InferenceSession(a.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    except Exception:  # noqa: BLE001 - ORT cannot run the original: nothing to compare against
+        logger.info("opset check skipped: ONNX Runtime cannot run the original model")
+        return None
+    rb = ort.InferenceSession(b.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for out, x, y in zip(a.graph.output, ra, rb):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape:
+            return f"output {out.name}: shape {x.shape} became {y.shape}"
+        if np.issubdtype(x.dtype, np.floating):
+            tol = 1e-4 * max(float(np.abs(x).max(initial=0.0)), 1.0)
+            if not np.allclose(x, y, rtol=1e-4, atol=tol, equal_nan=True):
+                return f"output {out.name}: values differ by up to {float(np.abs(x - y).max()):.3g}"
+        elif not np.array_equal(x, y):
+            return f"output {out.name}: values differ"
+    return None
+
+
+def _convert_opset(proto: onnx.ModelProto, where: str,
+                   shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
+    """Upgrade a model older than ``MIN_OPSET`` with onnx's version converter.
+
+    The converted model must give the same outputs as the original on random inputs (checked
+    with ONNX Runtime whenever every input dimension is known)."""
     opset = _default_opset(proto)
     if opset >= MIN_OPSET:
         return proto
-    try:
-        from onnx import version_converter
+    from onnx import version_converter
 
-        converted = version_converter.convert_version(proto, 13)
+    try:
+        converted = version_converter.convert_version(proto, MIN_OPSET)
         onnx.checker.check_model(converted)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types
         raise ModelError(
-            f"{where}: opset {opset} is older than {MIN_OPSET} and could not be converted "
+            f"{where}: opset {opset} could not be upgraded to {MIN_OPSET} "
             f"({_first_line(exc)}); re-export with opset >= {MIN_OPSET}"
         ) from None
-    logger.info("%s: converted opset %d to 13", where, opset)
+    feeds = _probe_feeds(proto, shapes or {})
+    why = _outputs_equal(proto, converted, feeds) if feeds is not None else None
+    if why is not None:
+        raise ModelError(f"{where}: upgrading opset {opset} to {MIN_OPSET} changed the model ({why}); "
+                         f"re-export with opset >= {MIN_OPSET}")
+    logger.info("%s: upgraded opset %d to %d%s", where, opset, MIN_OPSET,
+                "" if feeds is not None else " (outputs not compared: give --input-shape)")
     return converted
 
 
@@ -167,8 +283,10 @@ def _check(proto: onnx.ModelProto, where: str) -> None:
         raise ModelError(f"{where}: invalid ONNX model: {_first_line(exc)}") from None
 
 
-def _fix_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], where: str) -> None:
-    inputs = {i.name: i for i in proto.graph.input}
+def _check_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], where: str) -> None:
+    """``--input-shape`` must name a model input, match its rank and agree with static dims."""
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = {i.name: i for i in proto.graph.input if i.name not in inits}
     for name, dims in shapes.items():
         if name not in inputs:
             known = ", ".join(sorted(inputs)) or "none"
@@ -183,9 +301,19 @@ def _fix_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]
                 raise ModelError(
                     f"{where}: --input-shape {name}: dimension {dim.dim_value} is static and differs from {value}"
                 )
-        for dim, value in zip(tshape.dim, dims):
-            dim.Clear()
-            dim.dim_value = value
+
+
+def _set_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Fix input dimensions on the normalised model and re-infer every intermediate shape."""
+    for value in model.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape([int(d) for d in shapes[value.name]])
+    graph_io = {v.name for v in model.graph.inputs}
+    for node in model.graph:
+        for v in node.outputs:
+            if v.name not in graph_io:
+                v.shape = None
+    infer_shapes(model)
 
 
 def load_model(
@@ -223,9 +351,14 @@ def load_proto(
     proto_copy.CopyFrom(proto)
     sha = sha256 or model_sha256(proto_copy)
     _check(proto_copy, where)
-    proto_copy = _convert_opset(proto_copy, where)
+    if _dynamic_dims(proto_copy):
+        logger.info("%s: dimensions stored as -1 or 0 read as dynamic", where)
     if input_shapes:
-        _fix_input_shapes(proto_copy, input_shapes, where)
+        _check_input_shapes(proto_copy, input_shapes, where)
+    proto_copy = _convert_opset(proto_copy, where, input_shapes)
+    inits = {t.name for t in proto_copy.graph.initializer}
+    inputs = tuple(_copy(v) for v in proto_copy.graph.input if v.name not in inits)
+    outputs = tuple(_copy(v) for v in proto_copy.graph.output)
     try:
         model = ir.from_proto(proto_copy)
     except Exception as exc:
@@ -236,7 +369,16 @@ def load_proto(
         raise
     except Exception as exc:
         raise ModelError(f"{where}: normalisation failed: {_first_line(exc)}") from None
-    return LoadedModel(model=model, sha256=sha, path=path)
+    if input_shapes:
+        _set_input_shapes(model, input_shapes)
+    return LoadedModel(model=model, sha256=sha, path=path, inputs=inputs, outputs=outputs,
+                       shapes_fixed=bool(input_shapes))
+
+
+def _copy(v: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(v)
+    return out
 
 
 def normalize(model: ir.Model) -> None:
@@ -258,8 +400,15 @@ def _fold_constants(model: ir.Model) -> None:
     import onnxscript.optimizer as optimizer
 
     optimizer.fold_constants_ir(model, onnx_shape_inference=False, input_size_limit=1 << 20,
-                                output_size_limit=1 << 24)
+                                output_size_limit=1 << 24, should_fold=_should_fold)
     common_passes.RemoveUnusedNodesPass()(model)
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    """Quantize/DequantizeLinear of constant weights stay: their integer codes are the model."""
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return False
+    return None
 
 
 def _fold_batchnorm(model: ir.Model) -> None:

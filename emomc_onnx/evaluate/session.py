@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from emomc_onnx.errors import DataError, ModelError
 
-__all__ = ["make_session", "run_batched"]
+__all__ = ["make_session", "run_batched", "run_feed"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,28 @@ def _fixed_batch(session: ort.InferenceSession) -> int | None:
         if isinstance(first, int) and first > 0:
             sizes.add(first)
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray],
+             names: list[str] | None = None) -> list[np.ndarray]:
+    """``session.run(names, feed)`` for any number of samples, whatever the model's batch axis.
+
+    A static batch B (e.g. 1) is fed B samples at a time, the last chunk padded by repeating
+    its final sample and the padding trimmed from the outputs (each output's axis 0 is the
+    batch); a dynamic batch axis takes the feed as it is.
+    """
+    fixed = _fixed_batch(session)
+    count = len(next(iter(feed.values())))
+    if not fixed or count == fixed:
+        return session.run(names, feed)
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, count, fixed):
+        chunk = {k: v[i:i + fixed] for k, v in feed.items()}
+        n = len(next(iter(chunk.values())))
+        if n < fixed:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)]) for k, v in chunk.items()}
+        parts.append([r[:n] for r in session.run(names, chunk)])
+    return [np.concatenate(rs) for rs in zip(*parts)]
 
 
 def run_batched(session: ort.InferenceSession, dataset, batch_size: int = 256) -> list[np.ndarray]:

@@ -194,6 +194,7 @@ def export_front(
         "n_evaluations": result.n_evaluations,
         "interrupted": result.interrupted,
         "stop_reasons": {str(k): v for k, v in result.stop_reasons.items()},
+        "failures": result.failures(),
         "elapsed_s": result.elapsed_s,
         "members": [e.to_dict() for e in entries],
     }

@@ -222,6 +222,8 @@ def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> No
             if not mask.any():
                 raise PlanError(f"tensor {rec.value} would lose all its channels")
             _set_const(value, np.compress(mask, arr, axis=rec.axis))
+            if rec.kind == "out":
+                _cut_added_bias(nodes[rec.node], mask, done)
         elif rec.kind == "group":
             nodes[rec.node].attributes["group"] = ir.AttrInt64("group", int(mask.sum()))
         elif rec.kind == "reshape":
@@ -260,6 +262,23 @@ def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> No
             node.replace_input_with(2, add_initializer(model, f"{node.name}_ends_pruned", ends))
     _reset_shapes(model)
     infer_shapes(model)
+
+
+def _cut_added_bias(node: ir.Node, mask: np.ndarray, done: set[tuple[str, int]]) -> None:
+    """Cut the bias of a layer whose output channels go, also one recovery added after the
+    analysis (a Conv exported without a bias gets one from bias compensation or least squares,
+    at the unpruned width; the analysis has no record of it)."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 3:
+        return
+    bias = node.inputs[2]
+    if bias is None or bias.const_value is None:
+        return
+    arr = bias.const_value.numpy()
+    axis = arr.ndim - 1
+    if arr.ndim == 0 or (bias.name, axis) in done or arr.shape[axis] != len(mask):
+        return
+    done.add((bias.name, axis))
+    _set_const(bias, np.compress(mask, arr, axis=axis))
 
 
 def _set_const(value: ir.Value, arr: np.ndarray) -> None:

@@ -159,7 +159,9 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int | None, method: str = "m
         return codes, (np.float32(1.0) if axis is None else np.ones(len(rows), np.float32))
     hi, lo = rows.max(axis=1), rows.min(axis=1)
     maxabs = np.maximum(hi, -lo).astype(np.float32)
-    maxabs = np.where(maxabs > 0, maxabs, np.float32(1.0))
+    # a channel whose range has no normal float32 scale (all zero, or denormal weights such as
+    # 1e-40 that exporters leave behind) quantizes to zero codes at scale 1: no overflow
+    maxabs = np.where(maxabs >= np.finfo(np.float32).tiny * qmax * 4, maxabs, np.float32(1.0))
     best_scale = maxabs / np.float32(qmax)
     if method == "mse" and bits < 16:
         # the ratio is chosen on at most _SAMPLE evenly strided weights per channel plus its

@@ -46,8 +46,12 @@ def collect_tensors(
     tensors: list[str],
     reducer,
 ) -> None:
-    """Run ``proto`` on ``batches`` exposing ``tensors``; call ``reducer(name, array)`` per batch."""
+    """Run ``proto`` on ``batches`` exposing ``tensors``; call ``reducer(name, array)`` per batch.
+
+    Any batch size works, also for a model whose batch axis is static (fed in chunks)."""
     import onnxruntime as ort
+
+    from emomc_onnx.evaluate.session import run_feed
 
     if not tensors:
         return
@@ -62,7 +66,7 @@ def collect_tensors(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     for feed in batches:
-        outs = sess.run(tensors, dict(feed))
+        outs = run_feed(sess, dict(feed), tensors)
         for name, arr in zip(tensors, outs):
             reducer(name, arr)
 

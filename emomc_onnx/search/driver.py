@@ -196,6 +196,23 @@ class SearchResult:
     eval_wall_s: float
     eval_seconds: float
 
+    def failures(self) -> dict[str, dict[str, Any]]:
+        """Per kind of candidate (pruned, sparse, quantized): how many the search tried, how
+        many failed to build or evaluate, and the most common reason (None if none failed)."""
+        channels = {g.id: g.channels for g in self.space.groups}
+        kinds = {
+            "pruned": lambda p: any(k < channels.get(g, k + 1) for g, k in p.keep.items()),
+            "sparse": lambda p: any(d < 1.0 for d in p.density.values()),
+            "quantized": lambda p: any(b is not None for b in (*p.wbits.values(), *p.abits.values())),
+        }
+        out: dict[str, dict[str, Any]] = {}
+        for kind, has in kinds.items():
+            tried = [c for c in self.candidates if has(c.plan)]
+            failed = [c.reason or "unknown" for c in tried if c.search is None]
+            common = max(set(failed), key=failed.count) if failed else None
+            out[kind] = {"candidates": len(tried), "failed": len(failed), "reason": common}
+        return out
+
     def front_objectives(self) -> np.ndarray:
         """Full-data normalised objectives of the front (rows)."""
         return np.array([m.objectives_full for m in self.front], dtype=float).reshape(

@@ -1,0 +1,261 @@
+"""Models shaped like other frameworks' exports: every command must work on them.
+
+Each builder reproduces one trait seen in real exports (PaddleOCR, tf2onnx, old PyTorch
+exporters): dimensions stored as -1 or 0, opset 11, Convs without a bias, a batch axis fixed
+at 1, weights in Constant nodes, denormal weights. Every written model must pass the checker
+and run in ONNX Runtime with the original's signature: another batch size and another width.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from emomc_onnx import api, io
+from emomc_onnx.cli import main
+from emomc_onnx.errors import ModelError
+
+H, W = 8, 16  # the analysis shape; the models take any width
+C = 32  # channels: two multiples of the eyeriss profile (16), so the search can prune
+
+
+def _dims(spec):
+    return [d if isinstance(d, str) else int(d) for d in spec]
+
+
+def paddle_like(*, opset: int = 11, batch=-1, width=-1, bias: bool = False, constant_weight: bool = True,
+                denormal: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """Conv(no bias) -> Relu -> Conv(no bias, weight in a Constant node) -> Relu -> GAP -> Flatten -> Gemm.
+
+    ``batch``/``width``: the stored input dims (-1 and 0 as older exporters write "unknown")."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((C, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((C, C, 3, 3)) * 0.1).astype(np.float32)
+    if denormal:
+        w2[3] = 1e-40  # a dead channel as exporters leave them
+        w1[5, 0] = 1e-41
+    fc = (rng.standard_normal((C, 10)) * 0.3).astype(np.float32)
+    fcb = (rng.standard_normal(10) * 0.1).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(fc, "fc_w"),
+             numpy_helper.from_array(fcb, "fc_b")]
+    nodes = []
+    conv1_in = ["x", "w1"]
+    if bias:
+        inits.append(numpy_helper.from_array(np.zeros(C, np.float32) + 0.05, "b1"))
+        conv1_in.append("b1")
+    if constant_weight:
+        nodes.append(helper.make_node("Constant", [], ["w2"], value=numpy_helper.from_array(w2, "w2c")))
+    else:
+        inits.append(numpy_helper.from_array(w2, "w2"))
+    nodes += [
+        helper.make_node("Conv", conv1_in, ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, _dims([batch, 3, H, width]))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, _dims([batch, 10]))
+    graph = helper.make_graph(nodes, "paddle_like", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="paddle2onnx")
+    model.ir_version = 7 if opset < 15 else 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _save(tmp_path, proto, name="m.onnx"):
+    p = tmp_path / name
+    onnx.save(proto, p)
+    return p
+
+
+def _data(tmp_path, n=48, width=W, seed=1, name="d.npz"):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3, H, width)).astype(np.float32)
+    p = tmp_path / name
+    np.savez(p, x=x)
+    return p, x
+
+
+def _run(path_or_proto, x):
+    src = path_or_proto.SerializeToString() if isinstance(path_or_proto, onnx.ModelProto) else str(path_or_proto)
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _assert_keeps_signature(path, original: onnx.ModelProto):
+    """Checker passes; inputs/outputs as the original's; runs with batch 3 and width 24."""
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    want = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in original.graph.input]
+    got = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input]
+    assert [len(d) for d in got] == [len(d) for d in want]
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            assert isinstance(a, str) == (isinstance(b, str) or b in (-1, 0)), (got, want)
+    x = np.random.default_rng(5).standard_normal((3, 3, H, 24)).astype(np.float32)
+    assert _run(path, x).shape == (3, 10)
+
+
+# ---- import -------------------------------------------------------------------------------
+@pytest.mark.parametrize("unknown", [-1, 0])
+def test_minus_one_and_zero_dims_read_as_dynamic(tmp_path, unknown):
+    path = _save(tmp_path, paddle_like(batch=unknown, width=unknown))
+    with pytest.raises(ModelError, match="--input-shape"):  # the width is dynamic: must be given
+        api.analyze(path)
+    analysis = api.analyze(path, input_shapes=[f"x:1,3,{H},{W}"])
+    assert [lay.name for lay in analysis.layers] == ["conv1", "conv2", "fc"]
+    assert analysis.layer("conv2").in_spatial == (H, W)
+    # a fixed width but a -1 batch needs no --input-shape
+    assert len(api.analyze(_save(tmp_path, paddle_like(batch=unknown, width=W), "b.onnx")).layers) == 3
+
+
+def test_opset11_upgraded_with_equal_outputs(tmp_path):
+    proto = paddle_like(opset=11, width=W)
+    loaded = io.load_model(_save(tmp_path, proto))
+    assert loaded.model.opset_imports[""] >= 13
+    x = np.random.default_rng(0).standard_normal((2, 3, H, W)).astype(np.float32)
+    np.testing.assert_allclose(_run(loaded.proto(), x), _run(proto, x), rtol=1e-5, atol=1e-5)
+
+
+def test_opset_upgrade_that_changes_outputs_is_refused(tmp_path, monkeypatch):
+    from onnx import version_converter
+
+    real = version_converter.convert_version
+
+    def broken(model, target):
+        out = real(model, target)
+        for t in out.graph.initializer:
+            if t.name == "fc_b":
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 1.0, "fc_b"))
+        return out
+
+    monkeypatch.setattr(version_converter, "convert_version", broken)
+    with pytest.raises(ModelError, match="changed the model"):
+        io.load_model(_save(tmp_path, paddle_like(opset=11, width=W)))
+
+
+# ---- commands -----------------------------------------------------------------------------
+def _cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.mark.parametrize("recovery", ["lsq", "bias"])
+def test_prune_with_recovery_keeps_signature(tmp_path, recovery):
+    proto = paddle_like(opset=11)
+    src = _save(tmp_path, proto)
+    data, x = _data(tmp_path)
+    out = tmp_path / "p.onnx"
+    _cli("prune", src, "--ratio", "0.5", "--recovery", recovery, "--data", data, "--input-shape",
+         f"x:1,3,{H},{W}", "-o", out)
+    _assert_keeps_signature(out, proto)
+    pruned = onnx.load(out)
+    w = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    conv2 = [n for n in pruned.graph.node if n.op_type == "Conv"][1]
+    assert w[conv2.input[1]].shape[:2] == (C // 2, C // 2)
+    # recovery gave conv2 (no bias in the file) a bias; it is cut with conv2's output channels
+    assert len(conv2.input) == 3 and w[conv2.input[2]].shape == (C // 2,)
+
+
+def test_recovery_on_a_model_with_batch_fixed_at_one(tmp_path):
+    proto = paddle_like(opset=13, batch=1, width=W, constant_weight=False)
+    src = _save(tmp_path, proto)
+    data, x = _data(tmp_path, n=70)  # more than one 64-sample calibration batch
+    out = tmp_path / "p.onnx"
+    _cli("prune", src, "--ratio", "0.25", "--sparsity", "0.3", "--recovery", "lsq", "--data", data, "-o", out)
+    y = _run(out, x[:1])
+    assert y.shape == (1, 10) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("wbits", [8, 4])
+def test_quantize_opset11_model(tmp_path, wbits):
+    proto = paddle_like(opset=11)
+    src = _save(tmp_path, proto)
+    data, x = _data(tmp_path)
+    out = tmp_path / "q.onnx"
+    _cli("quantize", src, "--wbits", wbits, "--abits", 8, "--data", data, "--input-shape", f"x:1,3,{H},{W}",
+         "-o", out)
+    _assert_keeps_signature(out, proto)
+    q = onnx.load(out)
+    assert any(n.op_type == "DequantizeLinear" for n in q.graph.node)
+    opset = next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 13
+    ref = _run(proto, x[:8])
+    assert np.corrcoef(_run(out, x[:8]).ravel(), ref.ravel())[0, 1] > 0.9
+
+
+def test_profile_reads_constant_node_weights(tmp_path):
+    src = _save(tmp_path, paddle_like(opset=11, constant_weight=True))
+    result = _cli("profile", src, "--json", "--input-shape", f"x:1,3,{H},{W}")
+    layers = {lay["name"]: lay for lay in json.loads(result.output)["layers"]}
+    assert set(layers) == {"conv1", "conv2", "fc"}
+    assert layers["conv2"]["macs"] == C * C * 9 * H * W
+
+
+def test_profile_of_a_qdq_model_keeps_its_bits(tmp_path):
+    """Import must not fold a peer's DequantizeLinear of a constant weight into a float."""
+    proto = paddle_like(opset=13, width=W, constant_weight=False)
+    src = _save(tmp_path, proto)
+    data, _ = _data(tmp_path)
+    q = tmp_path / "q.onnx"
+    _cli("quantize", src, "--wbits", 4, "--abits", 8, "--data", data, "-o", q)
+    result = _cli("profile", q, "--json")
+    bits = {lay["name"]: lay["wbits"] for lay in json.loads(result.output)["layers"]}
+    assert bits == {"conv1": 4, "conv2": 4, "fc": 4}
+
+
+def test_denormal_weights_quantize_without_warnings(tmp_path):
+    proto = paddle_like(opset=13, width=W, constant_weight=False, denormal=True)
+    src = _save(tmp_path, proto)
+    data, x = _data(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for wbits in (8, 4, 2):
+            api.quantize(src, tmp_path / f"q{wbits}.onnx", wbits=wbits, abits=8, data=data)
+    assert np.isfinite(_run(tmp_path / "q2.onnx", x[:4])).all()
+
+
+def test_compress_front_keeps_signature_and_has_pruned_and_quantized_members(tmp_path):
+    proto = paddle_like(opset=11)
+    src = _save(tmp_path, proto)
+    data, _ = _data(tmp_path, n=160)
+    out = tmp_path / "out"
+    result, entries, _ = api.compress(src, out, data=data, generations=2, population=8, eval_samples=96,
+                                      calib_samples=48, workers=1, input_shapes=[f"x:1,3,{H},{W}"])
+    assert entries
+    assert any(e.wbits for e in entries), "no quantized member"
+    assert any(any(k < C for k in e.keep.values()) for e in entries if e.keep), "no pruned member"
+    assert all(f["failed"] == 0 for f in result.failures().values()), result.failures()
+    for e in entries:
+        _assert_keeps_signature(out / e.file, proto)
+
+
+def test_compress_warns_when_every_quantized_candidate_fails(tmp_path, monkeypatch):
+    import emomc_onnx.passes.quantize as qmod
+
+    def fail(*a, **k):
+        raise qmod.UnsupportedOpError("simulated: no QDQ for this model")
+
+    monkeypatch.setattr(qmod, "quantize_model", fail)
+    src = _save(tmp_path, paddle_like(opset=13, width=W, constant_weight=False))
+    data, _ = _data(tmp_path, n=120)
+    result = CliRunner().invoke(main, ["compress", str(src), "--data", str(data), "-o", str(tmp_path / "o"),
+                                       "--generations", "1", "--population", "4", "--eval-samples", "64",
+                                       "--calib-samples", "32", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "every quantized candidate failed" in result.output
+    assert "simulated: no QDQ for this model" in result.output
+    recorded = json.loads((tmp_path / "o" / "front.json").read_text())["failures"]["quantized"]
+    assert recorded["candidates"] > 0 and recorded["failed"] == recorded["candidates"]
