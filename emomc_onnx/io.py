@@ -3,8 +3,8 @@
 ``load_model`` reads a file (with external data beside it), checks it, reads dimensions
 stored as ``dim_value`` -1 or 0 as dynamic (older exporters), upgrades opsets older than 13
 with onnx's version converter (and checks the outputs stay equal), and normalises the graph
-so the analysis sees a clean one: Constants lifted to initializers, constants folded (never
-a Quantize/DequantizeLinear: a peer's QDQ weights stay readable), BatchNormalization folded
+so the analysis sees a clean one: Constants lifted to initializers, constants folded (onnxscript
+never folds a Quantize/DequantizeLinear: a peer's QDQ weights stay readable), BatchNormalization folded
 into the preceding Conv/Gemm, Identity nodes removed, every node named uniquely, shapes
 inferred. Normalisation runs on the model's own (dynamic) signature; ``--input-shape``
 values are set afterwards for shape inference only, so nothing shape-dependent is folded
@@ -400,15 +400,8 @@ def _fold_constants(model: ir.Model) -> None:
     import onnxscript.optimizer as optimizer
 
     optimizer.fold_constants_ir(model, onnx_shape_inference=False, input_size_limit=1 << 20,
-                                output_size_limit=1 << 24, should_fold=_should_fold)
+                                output_size_limit=1 << 24)  # keeps Quantize/DequantizeLinear
     common_passes.RemoveUnusedNodesPass()(model)
-
-
-def _should_fold(node: ir.Node) -> bool | None:
-    """Quantize/DequantizeLinear of constant weights stay: their integer codes are the model."""
-    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-        return False
-    return None
 
 
 def _fold_batchnorm(model: ir.Model) -> None:
