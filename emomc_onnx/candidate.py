@@ -20,6 +20,7 @@ import onnx
 
 from emomc_onnx import io
 from emomc_onnx.analysis import Analysis, analyze
+from emomc_onnx.analysis.ops import op_spec
 
 __all__ = ["EvaluatorConfig", "OnnxEvaluator", "make_space"]
 
@@ -369,8 +370,10 @@ def _params(proto: onnx.ModelProto) -> int:
     dq = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
     total = 0
     for node in proto.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            for name in node.input[1:3]:
+        spec = op_spec(node.op_type)
+        if spec is not None:
+            for name in [node.input[i] for i in (spec.weight_input, spec.bias_input)
+                         if i is not None and i < len(node.input)]:
                 src = dq.get(name, name)
                 if src in inits:
                     total += int(np.prod(inits[src].dims))

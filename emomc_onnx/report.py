@@ -52,8 +52,11 @@ def render_analysis(analysis: Analysis, console: Console) -> None:
         f"{t['groups']} groups ({t['prunable_groups']} prunable, {t['prunable_channels']} prunable channels)"
     )
     if analysis.unknown_ops:
-        console.print(f"[yellow]Ops that block pruning:[/] " + "; ".join(
+        console.print("[yellow]Ops that block pruning:[/] " + "; ".join(
             f"{k}: {v}" for k, v in list(analysis.unknown_ops.items())[:10]))
+    if analysis.uncovered:
+        console.print("[yellow]Weighted ops that are not compute layers:[/] " + "; ".join(
+            list(analysis.uncovered.values())[:10]))
 
 
 def render_before_after(summary: Mapping, console: Console) -> None:

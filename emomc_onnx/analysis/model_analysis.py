@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from emomc_onnx.analysis.dependency import ChannelGraph, Group, build_channel_graph
+from emomc_onnx.analysis import ops
 from emomc_onnx.analysis.layers import Layer
 from emomc_onnx.errors import ModelError
 
@@ -16,7 +17,7 @@ __all__ = ["Analysis", "analyze", "find_layers", "layer_from_node", "COMPUTE_OPS
 
 logger = logging.getLogger(__name__)
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+COMPUTE_OPS = tuple(ops.COMPUTE_OPS)  # the registry's op types (analysis.ops)
 
 
 @dataclasses.dataclass
@@ -28,12 +29,15 @@ class Analysis:
         groups: channel-dependency groups (prunable or not, with reasons).
         graph: the channel graph (ids and cut records) the pruning pass replays.
         unknown_ops: node name -> why it blocks pruning.
+        uncovered: node name -> why a weighted node is not a compute layer (no registry
+            entry, or an entry that refuses it): not pruned, quantized or costed.
     """
 
     layers: list[Layer]
     groups: list[Group]
     graph: ChannelGraph
     unknown_ops: dict[str, str]
+    uncovered: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def macs(self) -> int:
@@ -80,6 +84,7 @@ class Analysis:
                 for g in self.groups
             ],
             "unknown_ops": self.unknown_ops,
+            "uncovered": self.uncovered,
             "totals": {
                 "layers": len(self.layers),
                 "macs": self.macs,
@@ -180,22 +185,13 @@ def _matmul_bias(node: ir.Node, n_out: int) -> str | None:
 
 def find_layers(model: ir.Model) -> list[Layer]:
     """The compute layers (Conv, ConvTranspose, Gemm, MatMul with constant weights)."""
-    layers = []
-    for node in model.graph:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in COMPUTE_OPS:
-            continue
-        if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:
-            continue
-        if node.op_type == "MatMul" and node.inputs[1].const_value.shape is not None and len(node.inputs[1].const_value.shape) != 2:
-            continue
-        if node.op_type == "Gemm" and "transA" in node.attributes and node.attributes["transA"].value:
-            continue
-        layers.append(layer_from_node(node))
-    return layers
+    return [layer_from_node(node) for node in model.graph if ops.compute_op(node) is not None]
 
 
 def analyze(model: ir.Model) -> Analysis:
     """Layers and channel-dependency groups of a normalised model."""
     layers = find_layers(model)
     graph = build_channel_graph(model)
-    return Analysis(layers=layers, groups=graph.groups, graph=graph, unknown_ops=graph.unknown_ops)
+    uncovered = {n.name: why for n in model.graph if (why := ops.missing_entry(n)) is not None}
+    return Analysis(layers=layers, groups=graph.groups, graph=graph, unknown_ops=graph.unknown_ops,
+                    uncovered=uncovered)

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
+from emomc_onnx.analysis import ops as _ops
 from emomc_onnx.errors import DataError
 
 __all__ = ["calibrate", "activation_tensors", "RangeCache", "METHODS", "COMPUTE_OPS"]
@@ -37,7 +38,7 @@ __all__ = ["calibrate", "activation_tensors", "RangeCache", "METHODS", "COMPUTE_
 logger = logging.getLogger(__name__)
 
 METHODS = ("minmax", "percentile", "entropy")
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+COMPUTE_OPS = tuple(_ops.COMPUTE_OPS)
 _CHUNK_BATCHES = 4  # session runs per collect_data call (bounds the histogram methods' memory)
 _EXTRA = {
     "minmax": {"symmetric": False},

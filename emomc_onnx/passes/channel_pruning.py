@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from emomc_onnx.analysis import Analysis, analyze
+from emomc_onnx.analysis.ops import op_spec
 from emomc_onnx.errors import PlanError
 from emomc_onnx.passes.ir_utils import add_initializer
 
@@ -268,9 +269,10 @@ def _cut_added_bias(node: ir.Node, mask: np.ndarray, done: set[tuple[str, int]])
     """Cut the bias of a layer whose output channels go, also one recovery added after the
     analysis (a Conv exported without a bias gets one from bias compensation or least squares,
     at the unpruned width; the analysis has no record of it)."""
-    if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 3:
+    spec = op_spec(node.op_type)
+    if spec is None or spec.bias_input is None or len(node.inputs) <= spec.bias_input:
         return
-    bias = node.inputs[2]
+    bias = node.inputs[spec.bias_input]
     if bias is None or bias.const_value is None:
         return
     arr = bias.const_value.numpy()

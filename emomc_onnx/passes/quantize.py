@@ -51,6 +51,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from emomc_onnx.analysis.ops import compute_op, op_spec, ops_supporting
 from emomc_onnx.errors import PlanError, UnsupportedOpError
 from emomc_onnx.passes.ir_utils import add_initializer
 
@@ -69,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 ACTIVATION_BITS = (4, 5, 6, 7, 8, 16)
-QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZABLE_OPS = ops_supporting("quantize")  # from the op registry (analysis.ops)
 WEIGHT_SCALES = ("mse", "maxabs")
 _RATIOS = np.linspace(0.5, 1.0, 16)
 _SAMPLE = 256  # weights per channel the clipping search looks at (strided sample)
@@ -125,14 +126,7 @@ _FLOAT = LayerBits(None, None)
 
 def _out_axis(node: ir.Node, ndim: int) -> int:
     """The weight axis holding the output channels."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        attr = node.attributes.get("transB")
-        return 0 if attr is not None and attr.value else 1
-    return ndim - 1  # MatMul [..., K, N]
+    return op_spec(node.op_type).out_axis(node, ndim)
 
 
 def quantize_weight(w: np.ndarray, bits: int, axis: int | None, method: str = "mse"
@@ -228,8 +222,8 @@ class QuantizePass(ir.passes.InPlacePass):
             node = nodes.get(name)
             if node is None:
                 raise PlanError(f"quantization plan names {name!r}, not a node of the model")
-            if node.op_type not in QUANTIZABLE_OPS or len(node.inputs) < 2 or node.inputs[1] is None \
-                    or node.inputs[1].const_value is None:
+            spec = compute_op(node)
+            if spec is None or not spec.supports("quantize"):
                 raise PlanError(f"quantization plan names {name!r} ({node.op_type}), not a compute "
                                 f"layer ({'/'.join(QUANTIZABLE_OPS)}) with a constant weight")
         outputs = {v.name for v in graph.outputs}
@@ -338,7 +332,7 @@ class QuantizePass(ir.passes.InPlacePass):
             model.opset_imports[domain] = 1
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         if bias is not None and bias.const_value is not None and s_x is not None \
-                and node.op_type in ("Conv", "Gemm"):
+                and op_spec(node.op_type).int32_bias:
             self._quantize_bias(model, node, bias, s_x, scale)
         _drop_if_unused(model, w_val)
 

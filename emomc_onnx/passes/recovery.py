@@ -24,6 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from emomc_onnx.analysis import Analysis, Layer
+from emomc_onnx.analysis.ops import op_spec
 from emomc_onnx.passes.ir_utils import ensure_bias as _ensure_bias
 from emomc_onnx.passes.channel_pruning import (
     PruningPlan,
@@ -72,7 +73,7 @@ def collect_tensors(
 
 
 def _feature_axis(layer: Layer, ndim: int) -> int:
-    return ndim - 1 if layer.op_type == "MatMul" else 1
+    return op_spec(layer.op_type).feature_axis % ndim
 
 
 def activation_means(
@@ -95,21 +96,18 @@ def activation_means(
     return {k: sums[k] / max(counts[k], 1) for k in sums}
 
 
-def _weight_as_out_in(layer: Layer, w: np.ndarray, trans_b: int) -> np.ndarray:
-    """Weight as [out, in, k...] regardless of op conventions."""
-    if layer.op_type == "Conv":
-        return w
-    if layer.op_type == "Gemm":
-        return w if trans_b else w.T
-    return w.T  # MatMul [K, N]
+def _weight_as_out_in(node: ir.Node, w: np.ndarray) -> np.ndarray:
+    """Weight as [out, in, k...] regardless of op conventions (the registry's output axis)."""
+    return np.moveaxis(w, op_spec(node.op_type).out_axis(node, w.ndim), 0)
 
 
-def _from_out_in(layer: Layer, w_oi: np.ndarray, trans_b: int) -> np.ndarray:
-    if layer.op_type == "Conv":
-        return w_oi
-    if layer.op_type == "Gemm":
-        return w_oi if trans_b else w_oi.T
-    return w_oi.T
+def _from_out_in(node: ir.Node, w_oi: np.ndarray) -> np.ndarray:
+    return np.moveaxis(w_oi, 0, op_spec(node.op_type).out_axis(node, w_oi.ndim))
+
+
+def _has_bias_input(layer: Layer) -> bool:
+    """The op takes a bias input (a bias can be created; MatMul's would be a new Add)."""
+    return op_spec(layer.op_type).bias_input is not None
 
 
 def _consumer_masks(analysis: Analysis, keep: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,12 +127,12 @@ def _bias_compensation(model: ir.Model, analysis: Analysis, masks: dict[str, np.
     nodes = {n.name: n for n in model.graph}
     for layer in analysis.layers:
         mask = masks.get(layer.name)
-        if mask is None or layer.op_type not in ("Conv", "Gemm") or layer.groups != 1:
+        if mask is None or not op_spec(layer.op_type).supports("recover") or not _has_bias_input(layer) \
+                or layer.groups != 1:
             continue
         node = nodes[layer.name]
-        trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
         w = node.inputs[1].const_value.numpy()
-        w_oi = _weight_as_out_in(layer, w, trans_b).astype(np.float64)
+        w_oi = _weight_as_out_in(node, w).astype(np.float64)
         w_sum = w_oi.reshape(w_oi.shape[0], w_oi.shape[1], -1).sum(axis=2)
         mean = means[layer.input]
         delta = w_sum[:, ~mask] @ mean[~mask]
@@ -169,7 +167,7 @@ def _lsq_targets(model: ir.Model, layers: list[Layer], names: set[str] | None) -
     nodes = {n.name: n for n in model.graph}
     return [layer for layer in layers
             if (names is None or layer.name in names) and layer.groups == 1
-            and layer.op_type in ("Conv", "Gemm", "MatMul")
+            and op_spec(layer.op_type).supports("recover")
             and (layer.op_type != "Conv" or "auto_pad" not in nodes[layer.name].attributes
                  or nodes[layer.name].attributes["auto_pad"].value == "NOTSET")]
 
@@ -218,9 +216,8 @@ def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
             continue
         node = nodes[layer.name]
         x = rows[layer.name].astype(np.float64)
-        trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
         w = node.inputs[1].const_value.numpy()
-        w_oi = _weight_as_out_in(layer, w, trans_b).astype(np.float64)
+        w_oi = _weight_as_out_in(node, w).astype(np.float64)
         cout = w_oi.shape[0]
         w2 = w_oi.reshape(cout, -1)
         k = int(np.prod(w_oi.shape[2:])) if w_oi.ndim > 2 else 1
@@ -236,9 +233,9 @@ def _lsq(model: ir.Model, analysis: Analysis, masks: dict[str, np.ndarray],
         new_w2[:, col_mask] = sol[:-1].T
         new_w2[:, ~col_mask] = 0.0
         node.inputs[1].const_value = ir.Tensor(
-            _from_out_in(layer, new_w2.reshape(w_oi.shape), trans_b).astype(w.dtype), name=node.inputs[1].name)
+            _from_out_in(node, new_w2.reshape(w_oi.shape)).astype(w.dtype), name=node.inputs[1].name)
         shift = sol[-1]
-        if layer.op_type == "MatMul":
+        if not _has_bias_input(layer):
             if np.abs(shift).max() > 0:
                 logger.info("lsq: MatMul %s has no bias to take the intercept", layer.name)
             continue
@@ -319,10 +316,9 @@ def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
         if layer.name not in rows or id(node.inputs[1]) in done:
             continue  # a weight shared by several layers is fitted for the first one only
         done.add(id(node.inputs[1]))
-        trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
         w = node.inputs[1].const_value.numpy()
-        w_oi = _weight_as_out_in(layer, w, trans_b)
-        wd = _weight_as_out_in(layer, np.asarray(dense[layer.name]), trans_b)
+        w_oi = _weight_as_out_in(node, w)
+        wd = _weight_as_out_in(node, np.asarray(dense[layer.name]))
         cout = w_oi.shape[0]
         k = int(np.prod(w_oi.shape[2:])) if w_oi.ndim > 2 else 1
         x = rows[layer.name]
@@ -331,7 +327,7 @@ def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
         if x.shape[1] != w_oi.reshape(cout, -1).shape[1]:
             logger.info("refit: %s rows do not match its weight, skipped", layer.name)
             continue
-        intercept = layer.op_type != "MatMul"
+        intercept = _has_bias_input(layer)
         x = x.astype(np.float64)
         if intercept:
             x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
@@ -370,7 +366,7 @@ def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
             p = r + beta[:, None] * p
             rs = rs_new
         new_w = v[:, :d].reshape(w_oi.shape)
-        node.inputs[1].const_value = ir.Tensor(_from_out_in(layer, new_w, trans_b).astype(w.dtype),
+        node.inputs[1].const_value = ir.Tensor(_from_out_in(node, new_w).astype(w.dtype),
                                                name=node.inputs[1].name)
         if intercept:
             bias = _ensure_bias(model, node, cout, w.dtype)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
+from emomc_onnx.analysis.ops import compute_op, out_in_matrix
 from emomc_onnx.errors import PlanError
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PATTERNS = ("unstructured", "nm", "block")
-_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,44 +127,12 @@ def block_mask(w2: np.ndarray, density: float, block: tuple[int, int]) -> np.nda
     return np.repeat(np.repeat(tmask, bh, axis=0), bw, axis=1)[:h, :wd]
 
 
-def _attr(node: ir.Node, name: str, default: int) -> int:
-    a = node.attributes.get(name)
-    return default if a is None else int(a.value)
-
-
-def _in_axis(node: ir.Node, ndim: int) -> int:
-    """The input-channel axis of the weight of a compute node."""
-    op = node.op_type
-    if op == "Conv":
-        return 1  # [O, I/g, kh, kw]
-    if op == "ConvTranspose":
-        return 0  # [I, O/g, kh, kw]
-    if op == "Gemm":
-        return 1 if _attr(node, "transB", 0) else 0  # [N, K] or [K, N]
-    return max(ndim - 2, 0)  # MatMul [..., K, N]
-
-
-def _out_in(node: ir.Node, w: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """The weight as an [out, in * kernel] matrix and the inverse mapping back to w's layout."""
-    op = node.op_type
-    if op == "Conv" or (op == "Gemm" and _attr(node, "transB", 0)):
-        return w.reshape(w.shape[0], -1), lambda m: m.reshape(w.shape)
-    if op == "ConvTranspose":
-        moved = np.moveaxis(w, 1, 0)
-        return moved.reshape(moved.shape[0], -1), lambda m: np.moveaxis(m.reshape(moved.shape), 0, 1)
-    if w.ndim < 2:  # MatMul with a vector weight: a single output
-        return w.reshape(1, -1), lambda m: m.reshape(w.shape)
-    moved = np.moveaxis(w, -1, 0)  # Gemm [K, N] / MatMul [..., K, N] -> [N, ..., K]
-    return moved.reshape(moved.shape[0], -1), lambda m: np.moveaxis(m.reshape(moved.shape), 0, -1)
-
-
 def _weight(node: ir.Node) -> ir.Value | None:
-    if node.op_type not in _OPS or len(node.inputs) < 2:
+    """The constant weight of a compute layer whose registry entry supports sparsity."""
+    spec = compute_op(node)
+    if spec is None or not spec.supports("sparsify"):
         return None
-    value = node.inputs[1]
-    if value is None or value.const_value is None:
-        return None
-    return value
+    return node.inputs[spec.weight_input]
 
 
 class SparsityPass(ir.passes.InPlacePass):
@@ -202,9 +170,9 @@ class SparsityPass(ir.passes.InPlacePass):
             if self.plan.pattern == "unstructured":
                 mask = magnitude_mask(w, density)
             elif self.plan.pattern == "nm":
-                mask = nm_mask(w, _in_axis(node, w.ndim), self.plan.n, self.plan.m)
+                mask = nm_mask(w, compute_op(node).in_axis(node, w.ndim), self.plan.n, self.plan.m)
             else:
-                w2, back = _out_in(node, w)
+                w2, back = out_in_matrix(compute_op(node), node, w)
                 mask = back(block_mask(w2, density, self.plan.block))
             value.const_value = ir.Tensor(np.where(mask, w, np.zeros_like(w)), name=value.name)
             logger.debug("sparsity: %s kept %d of %d weights", owner[key], int(mask.sum()), w.size)
