@@ -304,16 +304,23 @@ def _check_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[in
 
 
 def _set_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Fix input dimensions on the normalised model and re-infer every intermediate shape."""
-    for value in model.graph.inputs:
-        if value.name in shapes:
-            value.shape = ir.Shape([int(d) for d in shapes[value.name]])
+    """Fix input dimensions on the normalised model and infer every intermediate shape.
+
+    Shapes are inferred on a copy whose shape computations (Shape -> Slice -> Concat ->
+    Reshape chains, as Paddle and tf2onnx export them) are folded with the fixed dimensions,
+    then copied by name onto ``model``, whose graph keeps computing them at run time."""
+    probe = clone(model)
+    for m in (model, probe):
+        for value in m.graph.inputs:
+            if value.name in shapes:
+                value.shape = ir.Shape([int(d) for d in shapes[value.name]])
+    _fold_to_fixpoint(probe)
+    known = {v.name: v.shape for node in probe.graph for v in node.outputs if v.shape is not None}
     graph_io = {v.name for v in model.graph.inputs}
     for node in model.graph:
         for v in node.outputs:
             if v.name not in graph_io:
-                v.shape = None
-    infer_shapes(model)
+                v.shape = known.get(v.name)
 
 
 def load_model(
@@ -385,8 +392,7 @@ def normalize(model: ir.Model) -> None:
     """Normalise a model in place (see the module docstring)."""
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     common_passes.RemoveInitializersFromInputsPass()(model)
-    infer_shapes(model)
-    _fold_constants(model)
+    _fold_to_fixpoint(model)
     common_passes.IdentityEliminationPass()(model)
     _fold_batchnorm(model)
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
@@ -396,12 +402,24 @@ def normalize(model: ir.Model) -> None:
     infer_shapes(model)
 
 
-def _fold_constants(model: ir.Model) -> None:
+def _fold_to_fixpoint(model: ir.Model, rounds: int = 6) -> None:
+    """Infer shapes and fold constants until nothing more folds: a Shape only folds once the
+    shape of its input is known, which may need an earlier fold (PaddleOCR's SVTR: 4 rounds)."""
+    for _ in range(rounds):
+        infer_shapes(model)
+        if not _fold_constants(model):
+            break
+    infer_shapes(model)
+
+
+def _fold_constants(model: ir.Model) -> bool:
+    """Fold constants (onnxscript keeps Quantize/DequantizeLinear); True if anything changed."""
     import onnxscript.optimizer as optimizer
 
-    optimizer.fold_constants_ir(model, onnx_shape_inference=False, input_size_limit=1 << 20,
-                                output_size_limit=1 << 24)  # keeps Quantize/DequantizeLinear
+    result = optimizer.fold_constants_ir(model, onnx_shape_inference=False, input_size_limit=1 << 20,
+                                         output_size_limit=1 << 24)
     common_passes.RemoveUnusedNodesPass()(model)
+    return bool(result.modified)
 
 
 def _fold_batchnorm(model: ir.Model) -> None:

@@ -549,14 +549,14 @@ def _elementwise(g: ChannelGraph, node: ir.Node) -> None:
 # ---- structural -------------------------------------------------------------------------
 @register("Concat")
 def _concat(g: ChannelGraph, node: ir.Node) -> None:
+    infos = [g.get(v) for v in node.inputs]
+    if not any(infos):
+        return  # no channels pass through (e.g. a shape computation)
     rank = _rank(node.outputs[0]) or _rank(node.inputs[0])
     if rank is None:
         _unknown(g, node, f"Concat {node.name} of unknown rank")
         return
     axis = int(_attr(node, "axis", 0)) % rank
-    infos = [g.get(v) for v in node.inputs]
-    if not any(infos):
-        return
     if all(i is None or i.axis == axis for i in infos):
         parts = []
         for v, info in zip(node.inputs, infos):
