@@ -259,3 +259,24 @@ def test_compress_warns_when_every_quantized_candidate_fails(tmp_path, monkeypat
     assert "simulated: no QDQ for this model" in result.output
     recorded = json.loads((tmp_path / "o" / "front.json").read_text())["failures"]["quantized"]
     assert recorded["candidates"] > 0 and recorded["failed"] == recorded["candidates"]
+
+
+def test_attention_heads_frozen_with_a_precise_reason():
+    """Q/K projections reshaped into heads: inspect names the heads instead of a generic reason."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), n) for n in ("wq", "wk")]
+    inits.append(numpy_helper.from_array(np.array([1, 4, 2, 4], np.int64), "heads"))
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+             helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+             helper.make_node("Reshape", ["q", "heads"], ["qh"], name="q_heads"),
+             helper.make_node("Reshape", ["k", "heads"], ["kh"], name="k_heads"),
+             helper.make_node("Transpose", ["qh"], ["qt"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["kh"], ["kt"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["qt", "kt"], ["s"], name="scores"),
+             helper.make_node("Softmax", ["s"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    analysis = api.analyze(io.load_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    reasons = {g.sources[0]: g.reason for g in analysis.groups}
+    assert "into 2 heads of 4 (attention)" in reasons["q_proj"]
+    assert "into 2 heads of 4 (attention)" in reasons["k_proj"]

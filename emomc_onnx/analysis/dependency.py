@@ -721,7 +721,7 @@ def _reshape(g: ChannelGraph, node: ir.Node) -> None:
         if target:
             break
     if target is None:
-        g.freeze(info.ids, f"Reshape {node.name} splits or moves the channel axis")
+        g.freeze(info.ids, _split_reason(node, din, dout, a, n, prefix))
         return
     j, block = target
     shape_const = _const(node.inputs[1])
@@ -732,6 +732,17 @@ def _reshape(g: ChannelGraph, node: ir.Node) -> None:
     elif int(shape_const[j]) not in (-1, 0):
         g.record("reshape", node, node.inputs[1].name, j, info.ids, (block,))
     g.set(node.outputs[0], TInfo(j, np.repeat(info.ids, block)))
+
+
+def _split_reason(node: ir.Node, din: list, dout: list, a: int, n: int, prefix) -> str:
+    """Why a Reshape stops the channels: attention heads are named as such (Torch-Pruning
+    prunes whole heads; here the channel ids follow one axis, so heads are not pruned)."""
+    for j in range(len(dout) - 1):
+        h, d = dout[j], dout[j + 1]
+        if prefix(dout, j) == prefix(din, a) and h is not None and d is not None and h * d == n and h > 1:
+            return (f"Reshape {node.name} splits the {n} channels into {h} heads of {d} (attention): "
+                    "whole-head pruning is not supported, so the heads' projections keep all channels")
+    return f"Reshape {node.name} splits or moves the channel axis"
 
 
 @register("Transpose")
