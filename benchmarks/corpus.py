@@ -641,15 +641,32 @@ def run_cli(args: list[str], timeout_s: float) -> dict:
                 "stdout": "", "stderr": "", "args": args}
     wall = time.perf_counter() - t
     lines = [ln.rstrip() for ln in proc.stderr.splitlines() if ln.strip()]
+    traceback = "Traceback (most recent call last)" in proc.stderr
     reason = ""
-    if proc.returncode != 0:
+    if traceback:
+        reason = _exception_line(proc.stderr)
+    elif proc.returncode != 0:
         errs = [ln for ln in lines if ln.startswith("error:")]
         reason = errs[-1] if errs else (lines[-1] if lines else f"exit {proc.returncode}")
-    traceback = "Traceback (most recent call last)" in proc.stderr
     warnings = sorted({ln.strip() for ln in lines if "Warning" in ln and ":" in ln})[:5]
     return {"rc": proc.returncode, "ok": proc.returncode == 0 and not traceback, "wall_s": wall,
             "reason": reason or ("traceback on stderr" if traceback else ""), "warnings": warnings,
             "stdout": proc.stdout, "stderr": proc.stderr[-4000:], "args": args}
+
+
+def _exception_line(stderr: str) -> str:
+    """The exception of the last traceback in ``stderr``, on one line (with where it was raised)."""
+    import re
+
+    tail = stderr[stderr.rfind("Traceback (most recent call last)"):].splitlines()
+    where = [ln.strip() for ln in tail if ln.strip().startswith('File "')]
+    where = [w for w in where if "emomc_onnx" in w] or where  # the last frame of ours
+    exc = [i for i, ln in enumerate(tail) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Warning|Exit)?\w*: ", ln)
+           or re.match(r"^[A-Za-z_][\w.]*(Error|Exception)$", ln)]
+    if not exc:
+        return tail[-1].strip() if tail else "traceback"
+    text = " ".join(ln.strip() for ln in tail[exc[0]:exc[0] + 4])
+    return f"{text[:400]} (at {where[-1][:200]})" if where else text[:400]
 
 
 def _session(path_or_proto):
