@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
@@ -67,7 +68,9 @@ def test_resnet50_like_matches_torch_and_published_size() -> None:
 def test_bad_files_really_are_bad(name: str) -> None:
     fx = build(name)
     assert fx.proto is None and fx.path.is_file()
-    with pytest.raises(Exception):  # noqa: B017 - onnx raises several types here
+    expected = {"not_onnx": DecodeError, "truncated": DecodeError,
+                "missing_external_data": onnx.checker.ValidationError}[name]
+    with pytest.raises(expected):
         proto = onnx.load(str(fx.path))
         onnx.checker.check_model(proto, full_check=True)
         ort.InferenceSession(str(fx.path), providers=["CPUExecutionProvider"])

@@ -1,13 +1,13 @@
-"""Activation ranges from calibration data, with ONNX Runtime's calibrators, cached per architecture.
+"""Activation ranges from calibration data, with ONNX Runtime's calibrators.
 
 ORT's calibrators (``onnxruntime.quantization.calibrate``: MinMax, Percentile, Entropy) add
 the asked-for tensors as extra model outputs (MinMax: their ReduceMin/ReduceMax only) and
 collect them over the data. All tensors are collected in one pass over the data; the data is
 fed ``batch_size`` samples per session run and ``collect_data`` is called once per chunk of a
 few batches, so at most one chunk of intermediate tensors is held at a time (MinMax merges
-ranges chunk by chunk, the histogram methods merge histograms). Ranges are cached under a key
-the caller gives (model hash + pruning/sparsity plan hash), so the many bit-width plans tried
-on one pruned architecture calibrate once.
+ranges chunk by chunk, the histogram methods merge histograms). The search's evaluator keeps
+the ranges per architecture, so the many bit-width plans tried on one architecture calibrate
+once.
 
 Percentile and entropy ranges are asymmetric (ORT's percentile default is symmetric, which
 would waste half of the uint8 levels on non-negative activations): percentile 99.99, cut
@@ -17,13 +17,9 @@ half of the tail on each side.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import logging
 import os
-import pathlib
-import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -33,7 +29,7 @@ import onnx
 from emomc_onnx.analysis import ops as _ops
 from emomc_onnx.errors import DataError
 
-__all__ = ["calibrate", "activation_tensors", "RangeCache", "METHODS", "COMPUTE_OPS"]
+__all__ = ["calibrate", "activation_tensors", "METHODS", "COMPUTE_OPS"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,53 +41,6 @@ _EXTRA = {
     "percentile": {"symmetric": False, "percentile": 99.99, "num_bins": 2048},
     "entropy": {"symmetric": False, "num_bins": 512, "num_quantized_bins": 128},
 }
-
-
-class RangeCache:
-    """Calibrated ranges by key: in memory, and as one JSON file per key if given a directory."""
-
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self._mem: dict[str, dict[str, tuple[float, float]]] = {}
-        self._dir = pathlib.Path(directory) if directory is not None else None
-
-    def _path(self, key: str) -> pathlib.Path:
-        assert self._dir is not None
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:64]
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return self._dir / f"{safe}-{digest}.json"
-
-    def get(self, key: str) -> dict[str, tuple[float, float]] | None:
-        """Ranges stored under ``key`` (memory first, then disk), or None."""
-        if key in self._mem:
-            return self._mem[key]
-        if self._dir is not None:
-            path = self._path(key)
-            if path.exists():
-                try:
-                    data = json.loads(path.read_text())
-                    ranges = {k: (float(a), float(b)) for k, (a, b) in data["ranges"].items()}
-                except (ValueError, KeyError, TypeError) as exc:
-                    logger.warning("ignoring unreadable range cache file %s: %s", path, exc)
-                    return None
-                self._mem[key] = ranges
-                return ranges
-        return None
-
-    def put(self, key: str, ranges: Mapping[str, tuple[float, float]]) -> None:
-        """Store ``ranges`` under ``key`` (atomically on disk)."""
-        self._mem[key] = {k: (float(a), float(b)) for k, (a, b) in ranges.items()}
-        if self._dir is not None:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            path = self._path(key)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "ranges": self._mem[key]}))
-            os.replace(tmp, path)
-
-    def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
-
-    def __len__(self) -> int:
-        return len(self._mem)
 
 
 def activation_tensors(model: onnx.ModelProto, layer_names: Sequence[str]) -> list[str]:
@@ -180,8 +129,6 @@ def calibrate(
     tensors: Sequence[str],
     method: str = "minmax",
     batch_size: int = 64,
-    cache: RangeCache | None = None,
-    cache_key: str | None = None,
 ) -> dict[str, tuple[float, float]]:
     """(min, max) of each tensor in ``tensors`` over the calibration ``data``.
 
@@ -191,8 +138,6 @@ def calibrate(
         tensors: names of the tensors to range (see ``activation_tensors``).
         method: ``minmax``, ``percentile`` (99.99) or ``entropy`` (KL), ORT's calibrators.
         batch_size: samples per session run (a static batch axis overrides it).
-        cache: where to look up / store the ranges under ``cache_key``.
-        cache_key: identifies the architecture (model hash + pruning plan hash).
 
     Raises:
         DataError: unknown method, empty or mismatched data, or a tensor ORT did not observe.
@@ -204,13 +149,6 @@ def calibrate(
     if batch_size < 1:
         raise DataError(f"calibration batch size must be >= 1, got {batch_size}")
     tensors = list(dict.fromkeys(tensors))
-    use_cache = cache is not None and cache_key is not None
-    cached: dict[str, tuple[float, float]] = {}
-    if use_cache:
-        cached = dict(cache.get(cache_key) or {})
-        if all(t in cached for t in tensors):
-            logger.debug("calibration cache hit for %s (%d tensors)", cache_key, len(tensors))
-            return {t: cached[t] for t in tensors}
     if not tensors:
         return {}
     n = _check_data(model, data)
@@ -239,6 +177,4 @@ def calibrate(
         lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in result[t].range_value)
         ranges[t] = (lo, hi)
     logger.info("calibrated %d tensors on %d samples (%s)", len(ranges), n, method)
-    if use_cache:
-        cache.put(cache_key, {**cached, **ranges})
     return ranges

@@ -9,7 +9,6 @@ import pytest
 
 from emomc_onnx import io
 from emomc_onnx.analysis import HANDLERS, analyze
-from emomc_onnx.analysis.dependency import UNARY_OPS
 
 
 def _model(text: str, weights: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -94,7 +93,8 @@ def test_depthwise_and_squeeze_excite() -> None:
     g = groups[frozenset({l1, ls2})]  # depthwise passes the ids; SE gate couples with them
     assert g.prunable and g.channels == 8
     roles = {(m.node, m.role) for m in g.members}
-    assert {(ld, "out"), (ld, "in") if False else (ld, "out"), (ls1, "in"), (ls2, "out"), (l3, "in")} <= roles
+    assert {(ld, "out"), (ls1, "in"), (ls2, "out"), (l3, "in")} <= roles
+    assert (ld, "in") not in roles  # depthwise: input channel c is output channel c, cut once
     assert any(r.kind == "group" and r.node == ld for r in analysis.graph.records)
     assert groups[frozenset({ls1})].prunable and groups[frozenset({ls1})].channels == 2
 
@@ -171,13 +171,36 @@ def test_graph_input_joined_to_layer_freezes_it() -> None:
     proto = _model(text, {"w1": (3, 3, 1, 1), "w2": (4, 3, 1, 1)})
     analysis, groups = _groups(proto)
     g = groups[frozenset({analysis.layers[0].name})]
-    assert not g.prunable and "x" in g.reason
+    assert not g.prunable and g.reason.endswith("joins the channels with tensor x that is not pruned with them")
 
 
-def test_every_handler_is_registered_for_its_ops() -> None:
-    for op in (*UNARY_OPS, "Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization",
-               "Add", "Mul", "Concat", "Split", "Slice", "Flatten", "Reshape", "Transpose",
-               "MaxPool", "AveragePool", "GlobalAveragePool", "Pad", "Resize", "ReduceMean",
-               "Squeeze", "Unsqueeze", "Softmax", "LayerNormalization", "Gather", "Shape"):
-        assert op in HANDLERS, op
-    assert "Mystery" not in HANDLERS
+@pytest.mark.parametrize("op", ["Relu", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Tanh",
+                                "Softplus", "Abs", "Neg", "Erf", "Dropout", "Gelu", "Mish"])
+def test_unary_ops_pass_channels_on(op: str) -> None:
+    """Conv -> op -> Conv: the first conv's channels stay prunable through any unary op."""
+    text = HEADER.replace('"" : 17', '"" : 20') + f"""
+    g (float[1,3,8,8] x) => (float[1,4,8,8] y) {{
+      a = Conv (x, w1)
+      r = {op}(a)
+      y = Conv (r, w2)
+    }}"""
+    proto = _model(text, {"w1": (8, 3, 1, 1), "w2": (4, 8, 1, 1)})
+    analysis, groups = _groups(proto)
+    first, second = (lay.name for lay in analysis.layers)
+    g = groups[frozenset({first})]
+    assert g.prunable and g.channels == 8, g.reason
+    assert (second, "in") in {(m.node, m.role) for m in g.members}
+
+
+def test_unknown_op_freezes_with_its_name() -> None:
+    text = HEADER + """
+    g (float[1,3,8,8] x) => (float[1,4,16,16] y) {
+      a = Conv (x, w1)
+      r = DepthToSpace <blocksize=2> (a)
+      y = Conv (r, w2)
+    }"""
+    proto = _model(text, {"w1": (8, 3, 1, 1), "w2": (4, 2, 1, 1)})
+    analysis, groups = _groups(proto)
+    assert "DepthToSpace" not in HANDLERS
+    g = groups[frozenset({analysis.layers[0].name})]
+    assert not g.prunable and g.reason.startswith("unsupported op DepthToSpace")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from emomc_onnx import io
 from emomc_onnx.errors import DataError
 from emomc_onnx.evaluate import calibration
-from emomc_onnx.evaluate.calibration import METHODS, RangeCache, activation_tensors, calibrate
+from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
 from tests.models import build
 
 
@@ -142,42 +141,6 @@ def test_static_batch_model_is_fed_its_batch() -> None:
     np.testing.assert_allclose(got["input"], (x.min(), x.max()), rtol=1e-6)
 
 
-def test_cache_in_memory_and_on_disk(resnet, tmp_path) -> None:
-    proto, names, x = resnet
-    tensors = activation_tensors(proto, names)
-    key = "sha256:abc/plan=keep{'g0': 3}"  # any characters; the file name is made safe
-    cache = RangeCache(tmp_path)
-    first = calibrate(proto, {"input": x[:16]}, tensors, cache=cache, cache_key=key)
-    assert key in cache and len(list(tmp_path.glob("*.json"))) == 1
-    # a hit needs no data at all: an empty mapping would raise DataError if it were used
-    assert calibrate(proto, {}, tensors, cache=cache, cache_key=key) == first
-    fresh = RangeCache(tmp_path)  # a new process: read back from disk
-    assert calibrate(proto, {}, tensors, cache=fresh, cache_key=key) == first
-    assert calibrate(proto, {}, tensors[:2], cache=fresh, cache_key=key) == {t: first[t] for t in tensors[:2]}
-    # another architecture recomputes (and differs, with other data)
-    other = calibrate(proto, {"input": x[16:]}, tensors, cache=cache, cache_key="other")
-    assert other != first
-    with pytest.raises(DataError):
-        calibrate(proto, {}, tensors, cache=cache, cache_key="missing")
-    memory_only = RangeCache()
-    calibrate(proto, {"input": x[:4]}, tensors[:1], cache=memory_only, cache_key="k")
-    # asking for more tensors than cached recomputes and merges
-    both = calibrate(proto, {"input": x[:4]}, tensors[:3], cache=memory_only, cache_key="k")
-    assert set(memory_only.get("k")) == set(tensors[:3]) and set(both) == set(tensors[:3])
-
-
-def test_corrupt_cache_file_is_ignored(resnet, tmp_path) -> None:
-    proto, names, x = resnet
-    tensors = activation_tensors(proto, names)[:2]
-    cache = RangeCache(tmp_path)
-    cache.put("k", {tensors[0]: (0.0, 1.0)})
-    path = next(tmp_path.glob("*.json"))
-    path.write_text("{not json")
-    assert RangeCache(tmp_path).get("k") is None
-    got = calibrate(proto, {"input": x[:4]}, tensors, cache=RangeCache(tmp_path), cache_key="k")
-    assert json.loads(path.read_text())["ranges"].keys() == set(got)
-
-
 def test_errors_are_data_errors(resnet) -> None:
     proto, names, x = resnet
     tensors = activation_tensors(proto, names)
@@ -192,4 +155,3 @@ def test_errors_are_data_errors(resnet) -> None:
     with pytest.raises(DataError, match="did not observe tensor 'nope'"):
         calibrate(proto, {"input": x[:4]}, ["nope"])
     assert calibrate(proto, {"input": x[:4]}, []) == {}
-    assert set(METHODS) == {"minmax", "percentile", "entropy"}
