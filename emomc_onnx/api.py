@@ -14,7 +14,8 @@ from emomc_onnx import io
 from emomc_onnx.analysis import Analysis, analyze as _analyze
 from emomc_onnx.errors import EmomcError
 
-__all__ = ["analyze", "prune", "demo_paths", "load", "calibration_batches"]
+__all__ = ["analyze", "prune", "quantize", "profile", "compress", "sensitivity", "select", "demo_paths", "load",
+           "calibration_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,44 @@ def compress(
         result = run_search(search_space, config, sconfig, store, progress=progress, seed=seed)
     entries = export_front(result, evaluator, out, extra_points=extra_points)
     return result, entries, evaluator
+
+
+def sensitivity(
+    model: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    *,
+    profile_name: str = "eyeriss",
+    data: str | os.PathLike[str] | None = None,
+    eval_samples: int = 500,
+    calib_samples: int = 256,
+    metric: str | None = None,
+    settings: Mapping[str, Sequence[float]] | None = None,
+    seed: int = 0,
+    input_shapes=None,
+    progress=None,
+):
+    """Per-layer and per-group sensitivity (see :mod:`emomc_onnx.sensitivity`); writes
+    sensitivity.json and sensitivity.png into ``outdir`` and keeps every measurement in its
+    result store. Returns the report."""
+    from emomc_onnx.candidate import EvaluatorConfig, make_space
+    from emomc_onnx.export.sensitivity import write_sensitivity
+    from emomc_onnx.search.store import ResultStore
+    from emomc_onnx.sensitivity import measure_sensitivity
+
+    shapes = _shapes(input_shapes) or {}
+    config = EvaluatorConfig(
+        model=str(pathlib.Path(str(model)).resolve()), profile=profile_name,
+        data=str(pathlib.Path(str(data)).resolve()) if data else None,
+        input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()), metric=metric,
+        eval_samples=eval_samples, calib_samples=calib_samples, seed=seed)
+    evaluator = config()
+    out = pathlib.Path(str(outdir))
+    out.mkdir(parents=True, exist_ok=True)
+    with ResultStore.in_dir(out) as store:
+        report = measure_sensitivity(evaluator, make_space(evaluator), settings=settings, store=store,
+                                     progress=progress)
+    write_sensitivity(report, out)
+    return report
 
 
 def select(outdir, *, max_energy=None, max_size_bits=None, min_accuracy=None, prefer="energy"):

@@ -238,6 +238,56 @@ def compress(model, demo, profile_name, data, outdir, space, objectives, max_acc
                   f"convergence.png, results.sqlite")
 
 
+def _settings(spec: str | None, kind: str, cast):
+    if spec is None:
+        return None
+    try:
+        return tuple(cast(v) for v in spec.split(",") if v.strip())
+    except ValueError:
+        raise EmomcError(f"--{kind} {spec!r}: expected comma-separated numbers") from None
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
+@click.option("--profile", "profile_name", default="eyeriss", show_default=True,
+              help="Hardware profile (sets the channel multiple and the costs recorded).")
+@click.option("--data", type=click.Path(), default=None, help=".npz with one array per model input (+ labels).")
+@click.option("-o", "--output", "outdir", type=click.Path(), default="emomc_out", show_default=True,
+              help="Output directory (sensitivity.json, sensitivity.png, results.sqlite).")
+@click.option("--eval-samples", type=int, default=500, show_default=True, help="Search samples each change is measured on.")
+@click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration samples.")
+@click.option("--metric", default=None, help="accuracy | agreement | sqnr | cosine | module:function")
+@click.option("--wbits", default=None, help="Weight widths to try, e.g. 2,3,4,6,8 (empty: skip).")
+@click.option("--abits", default=None, help="Activation widths to try, e.g. 4,6,8 (empty: skip).")
+@click.option("--densities", default=None, help="Weight densities to try, e.g. 0.2,0.4,0.6,0.8 (empty: skip).")
+@click.option("--keep", default=None, help="Channel keep ratios per group, e.g. 0.25,0.5,0.75 (empty: skip).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split.")
+@input_shape_option
+@_handle_errors
+def sensitivity(model, demo, profile_name, data, outdir, eval_samples, calib_samples, metric, wbits, abits,
+                densities, keep, seed, input_shapes) -> None:
+    """Per-layer sensitivity: the metric drop of each single change (bits, density, pruning)."""
+    from rich.progress import Progress
+
+    from emomc_onnx import api
+    from emomc_onnx.export.sensitivity import render_sensitivity
+
+    settings = {k: v for k, v in {"wbits": _settings(wbits, "wbits", int), "abits": _settings(abits, "abits", int),
+                                  "density": _settings(densities, "densities", float),
+                                  "keep": _settings(keep, "keep", float)}.items() if v is not None}
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("sensitivity", total=None)
+        report = api.sensitivity(
+            _model_arg(model, demo), outdir, profile_name=profile_name, data=_data_arg(data, demo),
+            eval_samples=eval_samples, calib_samples=calib_samples, metric=metric, settings=settings, seed=seed,
+            input_shapes=input_shapes,
+            progress=lambda done, total, label: bar.update(task, completed=done, total=total, description=label))
+    render_sensitivity(report, console)
+    console.print(f"{len(report.rows)} measurements in {report.elapsed_s:.1f} s; wrote {outdir}/sensitivity.json, "
+                  f"{outdir}/sensitivity.png")
+
+
 @main.command()
 @click.argument("outdir", type=click.Path())
 @click.option("--max-energy", type=float, default=None, help="In the profile's energy unit (see front.json).")
