@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from emomc_onnx import io
 from emomc_onnx.analysis import Layer, analyze
-from emomc_onnx.passes.dequantize import float_view, has_qdq, weight_codes
+from emomc_onnx.passes.dequantize import const_weights, float_view, has_qdq
 
 __all__ = ["cost_layers", "cost_model"]
 
@@ -29,6 +29,8 @@ def cost_layers(
 
     Float layers are costed at the profile's baseline bit widths; ``input_shapes`` fixes
     dynamic input dimensions when the layers are analysed here (``layers`` not given).
+    Scales and zero points of a QDQ layer (its weight's DequantizeLinear and its input's
+    QuantizeLinear) are charged as ``qparam_elems`` at the profile's ``qparam_bits``.
     """
     from emomc_onnx.cost import CostLayer
 
@@ -42,7 +44,13 @@ def cost_layers(
 
         bits = {k: (v.wbits, v.abits) for k, v in read_layer_bits(proto).items()}
     bits = bits or {}
-    codes = weight_codes(proto) if quantized else {}
+    consts = const_weights(proto) if quantized else {}
+    codes = {k: v.centred for k, v in consts.items()}
+    qparams: dict[str, int] = {}
+    if quantized:
+        from emomc_onnx.passes.qdq_bits import read_qparam_elems
+
+        qparams = read_qparam_elems(proto)
     inits = {t.name: t for t in proto.graph.initializer}
     weight_input = {n.name: n.input[1] for n in proto.graph.node if len(n.input) > 1}
     ref_w = int(profile.baseline_weight_bits)
@@ -58,7 +66,8 @@ def cost_layers(
         else:
             w = None
         out.append(CostLayer(lay, None if w is None else np.asarray(w), int(wb or ref_w), int(ab or ref_a),
-                             bias_elems=lay.out_channels if lay.bias else 0))
+                             bias_elems=lay.out_channels if lay.bias else 0,
+                             qparam_elems=qparams.get(lay.name, 0)))
     return out
 
 
