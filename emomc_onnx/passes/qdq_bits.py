@@ -17,7 +17,8 @@ runtime executes the graph (ours or a peer's QDQ output):
   first: levels = (clip_max - clip_min) / scale + 1, b = log2(levels). Ops that move or
   select values without computing new ones (MaxPool, Relu, Reshape, Flatten, Transpose,
   ...) between the DequantizeLinear and the layer keep those bits: the runtime runs them
-  on the quantized tensor.
+  on the quantized tensor, into the integer kernel it forms for a layer with quantized
+  weights (our own QuantizePass puts the Q/DQ directly in front of the layer instead).
 * a layer with a float input whose ``emomc.abits`` metadata says 16 reads as 16: the
   pass keeps 16-bit activations float by default (fp16 in the paper), so no tensor exists
   to read; any other float side reads as None.
@@ -72,11 +73,11 @@ def _weight_bits(cw: ConstWeight) -> int | None:
     return min(cw.container, max(1, math.ceil(math.log2(span + 1))))
 
 
-def _act_q(name: str, producer: dict) -> onnx.NodeProto | None:
-    """The QuantizeLinear feeding ``name`` through a DQ and bit-preserving ops, if any."""
+def _act_q(name: str, producer: dict, walk: bool = True) -> onnx.NodeProto | None:
+    """The QuantizeLinear feeding ``name`` through a DQ (and bit-preserving ops if ``walk``)."""
     seen = 0
     node = producer.get(name)
-    while node is not None and node.op_type in BIT_PRESERVING_OPS and seen < 64:
+    while walk and node is not None and node.op_type in BIT_PRESERVING_OPS and seen < 64:
         node = producer.get(node.input[0]) if node.input else None
         seen += 1
     if node is None or node.op_type != "DequantizeLinear":
@@ -101,7 +102,8 @@ def read_qparam_elems(proto: onnx.ModelProto) -> dict[str, int]:
             cw = consts.get(node.input[1])
             if cw is not None:
                 n += cw.qparam_elems
-            q = _act_q(node.input[0], producer)
+            walk = cw is not None and _metadata(node, "emomc.abits") is None
+            q = _act_q(node.input[0], producer, walk=walk)
             if q is not None:
                 n += sum(1 for i in q.input[1:3] if i in inits)
             if n:
@@ -130,8 +132,8 @@ def read_layer_bits(model: onnx.ModelProto | ir.Model) -> dict[str, LayerBits]:
         cw = consts.get(name)
         return None if cw is None else _weight_bits(cw)
 
-    def act_bits(name: str) -> int | None:
-        q = _act_q(name, producer)
+    def act_bits(name: str, walk: bool) -> int | None:
+        q = _act_q(name, producer, walk)
         if q is None:
             return None
         if len(q.input) > 2 and q.input[2] in inits:
@@ -151,7 +153,12 @@ def read_layer_bits(model: onnx.ModelProto | ir.Model) -> dict[str, LayerBits]:
     for node in proto.graph.node:
         if node.op_type in QUANTIZABLE_OPS and len(node.input) > 1:
             wb = weight_bits(node.input[1])
-            ab = act_bits(node.input[0])
+            # Through MaxPool / Reshape / ... only into a peer's layer with quantized weights
+            # (ORT propagates the Q/DQ there to form its integer kernel). QuantizePass puts a
+            # Q/DQ right in front of every layer whose activations it quantizes (and records
+            # emomc.abits), so a layer of ours without one computes in float.
+            walk = wb is not None and _metadata(node, "emomc.abits") is None
+            ab = act_bits(node.input[0], walk=walk)
             if ab is None and _metadata(node, "emomc.abits") == "16":
                 ab = 16  # 16-bit activations kept float by the pass
             if wb is not None or ab is not None:
