@@ -202,9 +202,14 @@ def layer_cost(
     dataflow: str,
     coding: str,
     mapping: Mapping | None = None,
+    batch: int | None = None,
 ) -> LayerCostReport:
-    """Cost of one layer; ``mapping`` forces an explicit loop nest (Eyeriss framework)."""
-    dims = LayerDims.from_layer(c.layer)
+    """Cost of one layer over a batch (default: the profile's ``batch``).
+
+    ``mapping`` forces an explicit loop nest (Eyeriss framework). Energies and MACs are per
+    batch: weights are fetched once per batch where the mapping keeps them.
+    """
+    dims = LayerDims.from_layer(c.layer, batch or profile.batch)
     params = {k: v for p in profile.coding_params.values() for k, v in p.items()}
     wb = {s: c.weight_bits(s, params) for s in _schemes(profile, coding)}
     if coding == "auto":
@@ -281,6 +286,7 @@ def model_cost(
     coding: str | None = None,
     other_ops: Sequence[OtherOp] = (),
     mappings: dict[str, Mapping] | None = None,
+    batch: int | None = None,
 ) -> ModelCost:
     """Energy and coded size of a model.
 
@@ -292,6 +298,7 @@ def model_cost(
             profile's first); "auto" picks the smallest scheme per layer.
         other_ops: non-compute ops (activation traffic at the off-chip level, or ignored).
         mappings: explicit loop nests by layer name (override the dataflow's mapping).
+        batch: images per batch (default: the profile's ``batch``); energies are per batch.
 
     Raises:
         ProfileError: the profile does not support the dataflow or the coding.
@@ -307,7 +314,7 @@ def model_cost(
         raise ProfileError(f"{profile.name}: unknown coding {coding!r}")
     mappings = mappings or {}
     reports = tuple(
-        layer_cost(c, profile, dataflow, coding, mappings.get(c.layer.name)) for c in layers
+        layer_cost(c, profile, dataflow, coding, mappings.get(c.layer.name), batch) for c in layers
     )
     by_level: dict[str, float] = {}
     by_type = {"weights": 0.0, "inputs": 0.0, "psums": 0.0, "compute": 0.0}
@@ -368,6 +375,7 @@ def baseline_cost(
     dataflow: str | None = None,
     coding: str = "dense",
     other_ops: Sequence[OtherOp] = (),
+    batch: int | None = None,
 ) -> ModelCost:
     """Cost of the unmodified float model: dense, ``baseline_weight_bits`` weights.
 
@@ -382,14 +390,15 @@ def baseline_cost(
                 lay, profile.baseline_weight_bits, profile.baseline_activation_bits, 1.0, bias
             )
         )
-    return model_cost(base, profile, dataflow, coding, other_ops)
+    return model_cost(base, profile, dataflow, coding, other_ops, batch=batch)
 
 
 def compare_dataflows(
-    layers: Sequence[CostLayer], profile: Profile, coding: str | None = None
+    layers: Sequence[CostLayer], profile: Profile, coding: str | None = None,
+    batch: int | None = None,
 ) -> dict[str, ModelCost]:
     """model_cost under every dataflow the profile lists."""
-    return {d: model_cost(layers, profile, d, coding) for d in profile.dataflows}
+    return {d: model_cost(layers, profile, d, coding, batch=batch) for d in profile.dataflows}
 
 
 def to_dict(cost: ModelCost) -> dict:

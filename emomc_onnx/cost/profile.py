@@ -139,6 +139,7 @@ class Profile:
     coding_params: Mapping[str, Mapping[str, int]]
     path: str
     sha256: str
+    batch: int = 1
 
     @property
     def default_dataflow(self) -> str:
@@ -260,6 +261,7 @@ _TOP_OPTIONAL = {
     "bias_bits",
     "qparam_bits",
     "coding_params",
+    "batch",
 }
 
 
@@ -397,6 +399,7 @@ def parse_profile(text: str, fname: str = "<profile>", path: str = "") -> Profil
         coding_params=params,
         path=path,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        batch=ctx.num(raw.get("batch", 1), "batch", 1, integer=True),
     )
 
 
