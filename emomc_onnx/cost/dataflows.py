@@ -134,16 +134,21 @@ class _Recipe:
     buffer_order: tuple[str, ...]  # buffer-level temporal loops, outermost first
     use_rf: bool = True
     pe_fit: tuple[str, ...] = ()  # order the PE loops are grown in (default: ``pe``)
+    rf_types: tuple[str, ...] = ("weights", "inputs", "outputs")  # what the RFs may keep
 
 
 _RECIPES = {
     # Weight stationary (NVDLA / TPU-like): C x M over the array, R x S weights in each PE
     # register file; images and output pixels stream innermost so weights never move.
-    "ws": _Recipe((("C", "rows"), ("M", "cols")), ("R", "S"), ("M", "C", "R", "S", "N", "P", "Q")),
+    # As ISCA'16 defines it, the PE register file keeps only the weights: inputs stream
+    # through and partial sums move through the array to the buffer.
+    "ws": _Recipe((("C", "rows"), ("M", "cols")), ("R", "S"), ("M", "C", "R", "S", "N", "P", "Q"),
+                  rf_types=("weights",)),
     # Output stationary (ShiDianNao-like): output pixels over the array, the partial sum
     # stays in the PE while C, R, S are accumulated.
+    # The RF keeps only the partial sums (ISCA'16); operands come from the buffer.
     "os": _Recipe((("P", "rows"), ("Q", "cols"), ("M", "cols")), ("C", "R", "S"),
-                  ("N", "M", "P", "Q", "R", "S", "C")),
+                  ("N", "M", "P", "Q", "R", "S", "C"), rf_types=("outputs",)),
     # Row stationary (Eyeriss): filter rows (R) down the array and output rows (P) across,
     # each PE convolves one filter row with one input row; M, C chunks in the RFs; the
     # filter rows stay in the PE while the images of the batch stream through.
@@ -160,7 +165,8 @@ _RECIPES = {
 #: weights), M (irrelevant to inputs) or C (irrelevant to outputs).
 _OUTER_ORDERS = (("G", "M", "C", "N", "P", "Q"), ("G", "C", "N", "P", "Q", "M"),
                  ("G", "M", "N", "P", "Q", "C"))
-_TOP_K = 4  # candidates of the vectorised estimate evaluated exactly
+_TOP_K = 2  # candidates of the vectorised estimate evaluated exactly, per PE tiling
+_PE_CAPS = (1, 2, 4, 8, 16)  # PE-level channel factors tried: what fits, 1/2, ..., 1/16 of it
 
 
 def _type_bits(dt: str, inp: DataflowInput, profile: object) -> int:
@@ -288,27 +294,35 @@ def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
             rem[dim] //= f
             left[axis] //= f
 
-    pe: list[Loop] = []
-    if rec.use_rf and rfs:
+    def rf_keep(lv) -> frozenset[str]:
+        return frozenset(lv.holds) & frozenset(rec.rf_types) if rec.use_rf else frozenset()
+
+    def grow_pe(cap_div: int) -> tuple[list[Loop], dict[str, int]]:
+        """PE-level loops grown in the recipe's order while every RF holds its tile; a
+        channel factor is capped at 1/cap_div of what would fit (smaller RF tiles leave
+        more of the channels to the buffer, where they may save DRAM re-fetches)."""
+        left_rem = dict(rem)
+        if not (rec.use_rf and rfs):
+            return [], left_rem
         ext = dict.fromkeys("NGMCPQRS", 1)
         grown: dict[str, int] = {}
         for dim in rec.pe_fit or rec.pe:
-            for f in _divisors_desc(rem[dim]):
+            f = 1
+            for f in _divisors_desc(left_rem[dim]):
                 trial = dict(ext)
                 trial[dim] *= f
-                if all(_fits(lv, lv.holds, trial, inp, profile) for lv in rfs):
+                if all(_fits(lv, rf_keep(lv), trial, inp, profile) for lv in rfs):
                     break
+            if dim not in "RS" and cap_div > 1:
+                f = _divisor_at_most(left_rem[dim], max(1, f // cap_div))
             if f > 1:
                 ext[dim] *= f
                 grown[dim] = f
-                rem[dim] //= f
-        pe = [Loop(d, grown[d]) for d in rec.pe if d in grown]
+                left_rem[dim] //= f
+        return [Loop(d, grown[d]) for d in rec.pe if d in grown], left_rem
 
-    base = dict.fromkeys("NGMCPQRS", 1)
-    for lp in (*spatial, *pe):
-        base[lp.dim] *= lp.bound
-
-    def assemble(buf_f: dict[str, int], order: tuple[str, ...]) -> Mapping:
+    def assemble(pe: list[Loop], rem: dict[str, int], buf_f: dict[str, int],
+                 order: tuple[str, ...]) -> Mapping:
         out_f = {d: rem[d] // buf_f.get(d, 1) for d in "NGMCPQRS"}
         out_f["G"] = rem["G"]
         outer_loops = [Loop(d, out_f[d]) for d in order if out_f.get(d, 1) > 1]
@@ -324,23 +338,36 @@ def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
             if lv is buf:
                 lp += buf_loops + spatial
             if lv.kind == "rf":
-                if not rec.use_rf:
-                    keep = frozenset()
-                elif lv is rfs[-1]:
+                if rf_keep(lv) != frozenset(lv.holds):
+                    keep = rf_keep(lv)
+                if rec.use_rf and lv is rfs[-1]:
                     lp += pe
             levels.append(MappingLevel(lv.name, tuple(lp), keep))
         return Mapping(tuple(levels))
 
-    cands = _split_candidates(rem, base, dims, inp, profile, buf, ("N", "M", "C", "P"))
-    if not cands:
-        cands = _split_candidates(rem, base, dims, inp, profile, buf, ("N", "M", "C", "P", "Q"))
-    if not cands:  # nothing fits: the smallest tile (traffic_from_mapping notes the overflow)
-        return assemble({}, _OUTER_ORDERS[0])
+    options: list[tuple[list[Loop], dict[str, int], dict[str, int], int]] = []
+    seen: set = set()
+    for cap_div in _PE_CAPS:
+        pe, left = grow_pe(cap_div)
+        key = tuple((lp.dim, lp.bound) for lp in pe)
+        if key in seen:
+            continue
+        seen.add(key)
+        base = dict.fromkeys("NGMCPQRS", 1)
+        for lp in (*spatial, *pe):
+            base[lp.dim] *= lp.bound
+        cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P"))
+        if not cands:
+            cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P", "Q"))
+        options += [(pe, left, buf_f, k) for _, buf_f, k in cands[:_TOP_K]]
+    if not options:  # nothing fits: the smallest tile (traffic_from_mapping notes the overflow)
+        pe, left = grow_pe(1)
+        return assemble(pe, left, {}, _OUTER_ORDERS[0])
     holds = {lv.name: lv.holds for lv in storage}
     best: tuple[float, Mapping] | None = None
-    for _, buf_f, k in cands:
-        full = {d: buf_f.get(d, rem[d]) for d in "NMCPQRS"}
-        m = assemble(full, _OUTER_ORDERS[k])
+    for pe, left, buf_f, k in options:
+        full = {d: buf_f.get(d, left[d]) for d in "NMCPQRS"}
+        m = assemble(pe, left, full, _OUTER_ORDERS[k])
         e = _energy(evaluate_mapping(m, dims, holds), inp, profile)
         if best is None or e < best[0]:
             best = (e, m)

@@ -354,8 +354,11 @@ def evaluate_mapping(
                     # the others with the partial sums read back (Timeloop's "fills")
                     fills[names[c]][dt] += size_c * inst * r * above_sp
                 if inst > 1:
-                    network[dt] += size_c * inst * (2 * r - r_rel) * above_sp
+                    # ab(c-1) * E_array: of the partial sums the children hand up, all but
+                    # the one the parent keeps per output move PE to PE (spatial reduction)
+                    network[dt] += (size_c * inst - size_comb) * r * above_sp
             if is_mac:
                 assert size_c == 1 and inst * r * above_sp == macs  # internal invariant
-        logger.debug("%s counts for %s done", dt, mapping.describe())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s counts for %s done", dt, mapping.describe())
     return Counts(reads, writes, network, tiles, fills, updates)
