@@ -110,7 +110,8 @@ class CostLayer:
         key = (scheme, tuple(sorted(params.items())))
         if key not in self._cache:
             if self.weight is None or (
-                scheme == "huffman" and self.wbits > 16 and not np.issubdtype(self.weight.dtype, np.integer)
+                scheme in ("huffman", "deep_compression") and self.wbits > 16
+                and not np.issubdtype(self.weight.dtype, np.integer)
             ):
                 v = estimate_size_bits(self.n_weights, self.wbits, self.density, scheme, **params)
             else:
@@ -189,6 +190,13 @@ def _bits_for(dt: str, level_kind: str, c: CostLayer, profile: Profile, tr: Traf
     return c.abits if level_kind == "offchip" else profile.mac.accumulator_bits
 
 
+def _scheme_params(profile: Profile, scheme: str) -> dict[str, int]:
+    """Coding parameters for ``scheme``: the shared ones, then its own section."""
+    shared = {k: v for s, p in profile.coding_params.items() if s != "deep_compression"
+              for k, v in p.items()}
+    return {**shared, **profile.coding_params.get(scheme, {})}
+
+
 def _schemes(profile: Profile, coding: str) -> list[str]:
     out = [s for s in profile.codings if s != "auto"]
     if coding not in ("auto", *out):
@@ -210,8 +218,7 @@ def layer_cost(
     batch: weights are fetched once per batch where the mapping keeps them.
     """
     dims = LayerDims.from_layer(c.layer, batch or profile.batch)
-    params = {k: v for p in profile.coding_params.values() for k, v in p.items()}
-    wb = {s: c.weight_bits(s, params) for s in _schemes(profile, coding)}
+    wb = {s: c.weight_bits(s, _scheme_params(profile, s)) for s in _schemes(profile, coding)}
     if coding == "auto":
         chosen = min(wb, key=wb.__getitem__)
     else:

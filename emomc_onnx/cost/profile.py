@@ -47,6 +47,7 @@ _CODINGS = (
     "bitmask",
     "run_length",
     "huffman",
+    "deep_compression",
     "auto",
 )
 
@@ -359,9 +360,11 @@ def parse_profile(text: str, fname: str = "<profile>", path: str = "") -> Profil
 
     params: dict[str, dict[str, int]] = {}
     cp = raw.get("coding_params", {}) or {}
-    ctx.mapping(cp, "coding_params", set(), {"relative_index", "run_length", "huffman"})
+    allowed = {"relative_index": {"index_bits"}, "run_length": {"run_bits"},
+               "huffman": {"length_bits"}, "deep_compression": {"index_bits", "codebook_bits"},
+               "csr": {"paper_formulas"}, "coo": {"paper_formulas"}}
+    ctx.mapping(cp, "coding_params", set(), set(allowed))
     for scheme, spec in cp.items():
-        allowed = {"relative_index": {"index_bits"}, "run_length": {"run_bits"}, "huffman": {"length_bits"}}
         ctx.mapping(spec, f"coding_params.{scheme}", set(), allowed[scheme])
         params[scheme] = {
             k: ctx.num(v, f"coding_params.{scheme}.{k}", 1, integer=True) for k, v in spec.items()
