@@ -141,6 +141,7 @@ class Profile:
     path: str
     sha256: str
     batch: int = 1
+    count_other_ops: bool = True
 
     @property
     def default_dataflow(self) -> str:
@@ -263,6 +264,7 @@ _TOP_OPTIONAL = {
     "qparam_bits",
     "coding_params",
     "batch",
+    "count_other_ops",
 }
 
 
@@ -403,6 +405,7 @@ def parse_profile(text: str, fname: str = "<profile>", path: str = "") -> Profil
         path=path,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         batch=ctx.num(raw.get("batch", 1), "batch", 1, integer=True),
+        count_other_ops=ctx.boolean(raw.get("count_other_ops", True), "count_other_ops"),
     )
 
 
