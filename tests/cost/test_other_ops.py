@@ -86,6 +86,7 @@ def test_other_ops_listed_with_traffic_bits_and_macs() -> None:
     # batch: traffic and MACs per image times the batch
     b4 = cost_model(m, prof, batch=4)
     assert b4.other_energy == pytest.approx(4 * cost.other_energy)
+    assert sum(r.energy for r in b4.other_ops) == pytest.approx(b4.other_energy)
     # shown by profile's renderer and in the JSON
     console = Console(width=160, record=True)
     render(cost, console)
