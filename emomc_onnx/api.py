@@ -127,18 +127,23 @@ def profile(
     coding: str | None = None,
     compare: bool = False,
     input_shapes=None,
+    batch: int | None = None,
 ):
-    """Energy and coded size of a float or QDQ model; every dataflow with ``compare``."""
+    """Energy and coded size of a float or QDQ model (its non-compute ops listed and costed)
+    over a batch (default: the profile's); every dataflow with ``compare``."""
     from emomc_onnx.cost import load_profile
-    from emomc_onnx.costing import cost_layers
-    from emomc_onnx.cost import compare_dataflows, model_cost
+    from emomc_onnx.costing import cost_layers, cost_other_ops
+    from emomc_onnx.cost import model_cost
 
     prof = load_profile(profile_name)
     loaded = load(model, input_shapes)  # the same import as every command (QDQ nodes kept)
-    layers = cost_layers(io.to_proto(loaded.model), prof)
+    proto = io.to_proto(loaded.model)
+    layers = cost_layers(proto, prof)
+    others = cost_other_ops(proto, [c.layer for c in layers], _shapes(input_shapes))
     if compare:
-        return compare_dataflows(layers, prof, coding=coding)
-    return model_cost(layers, prof, dataflow, coding)
+        return {d: model_cost(layers, prof, d, coding, other_ops=others, batch=batch)
+                for d in prof.dataflows}
+    return model_cost(layers, prof, dataflow, coding, other_ops=others, batch=batch)
 
 
 def compress(

@@ -155,16 +155,18 @@ def quantize(model, demo, wbits, abits, data, calibration, per_tensor, calib_sam
 @click.option("--dataflow", default=None, help="Dataflow (default: the profile's first).")
 @click.option("--coding", default=None, help="Weight coding scheme (default: the profile's first; auto = best per layer).")
 @click.option("--compare", is_flag=True, help="Every dataflow of the profile side by side.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Images per batch (default: the profile's batch); energies are per batch.")
 @click.option("--json", "as_json", is_flag=True, help="JSON to stdout.")
 @input_shape_option
 @_handle_errors
-def profile(model, demo, profile_name, dataflow, coding, compare, as_json, input_shapes) -> None:
+def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json, input_shapes) -> None:
     """Energy (per layer, per memory level) and coded size of MODEL on a hardware profile."""
     from emomc_onnx import api
     from emomc_onnx.cost import render, render_comparison, to_dict
 
     result = api.profile(_model_arg(model, demo), profile_name, dataflow=dataflow, coding=coding,
-                         compare=compare, input_shapes=input_shapes)
+                         compare=compare, input_shapes=input_shapes, batch=batch)
     if as_json:
         data = {k: to_dict(v) for k, v in result.items()} if compare else to_dict(result)
         click.echo(json.dumps(data, indent=2, default=str))

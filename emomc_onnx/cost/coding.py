@@ -5,8 +5,12 @@ numpy without Python loops over weights. ``estimate_size_bits`` gives the shape-
 (density-based) version used when no weight array is at hand.
 
 Schemes (N weights, nnz nonzeros, b-bit values):
-  normal: N*b (EMOMC "Normal").  csr: nnz*(b+3) (EMOMC CSR: 3 extra bits per nonzero).
-  coo: ceil(nnz*(b + log2 N)) (EMOMC COO).  dense: N*b.
+  normal: N*b (EMOMC "Normal").  dense: N*b.
+  csr: each nonzero with a 3-bit relative index (EMOMC CSR), decodable: a gap beyond 7
+    zeros inserts filler entries as relative_index does, (nnz + fillers)*(b+3). With the
+    ``paper_formulas`` parameter (the emomc profile) the paper's closed form nnz*(b+3).
+  coo: each nonzero with its absolute position, decodable: nnz*(b + ceil(log2 N)); with
+    ``paper_formulas`` the paper's ceil(nnz*(b + log2 N)).
   relative_index: Deep Compression; each entry stores a b-bit value and a k-bit gap (zeros
     since the previous entry); a gap > 2^k - 1 inserts a filler zero entry, so a gap z costs
     z // 2^k fillers; trailing zeros are not stored. (nnz + fillers) * (b + k).
@@ -16,8 +20,13 @@ Schemes (N weights, nnz nonzeros, b-bit values):
   huffman: exact Huffman code lengths from the value histogram, plus a canonical codebook
     of (b-bit symbol, L-bit code length) per distinct symbol (L = 5 by default). A single
     distinct symbol gets a 1-bit code.
+  deep_compression: Han et al.'s pipeline (ICLR 2016): the relative-index stream (k-bit
+    gaps with fillers) of b-bit codes into a shared codebook, both streams Huffman coded;
+    stored: the two Huffman-coded streams, their code tables ((symbol bits + L) per
+    distinct symbol) and the codebook of shared values (``codebook_bits``, 32, per distinct
+    nonzero value).
   auto: the smallest of the other exact schemes (dense, relative_index, bitmask,
-    run_length, huffman, and the paper's three).
+    run_length, huffman, deep_compression, and the paper's three).
 """
 
 from __future__ import annotations
@@ -48,8 +57,11 @@ SCHEMES = (
     "bitmask",
     "run_length",
     "huffman",
+    "deep_compression",
 )
-_DEFAULTS = {"index_bits": 4, "run_bits": 5, "length_bits": 5}
+_DEFAULTS = {"index_bits": 4, "run_bits": 5, "length_bits": 5, "codebook_bits": 32,
+             "paper_formulas": 0}
+_CSR_INDEX_BITS = 3  # EMOMC's CSR: 3 extra bits per nonzero
 
 
 def huffman_code_lengths(counts: np.ndarray) -> np.ndarray:
@@ -131,6 +143,32 @@ def _gap_fillers(flat_nonzero_pos: np.ndarray, k: int) -> int:
     return int(np.sum(gaps >> k))
 
 
+def _index_bits(n: int) -> int:
+    """Bits of an absolute position among n (a decoder needs whole bits)."""
+    return max(0, math.ceil(math.log2(n))) if n > 1 else 0
+
+
+def _deep_compression_bits(flat: np.ndarray, nzmask: np.ndarray, bits: int, p: dict) -> int:
+    """Relative index + shared codebook + Huffman of the value and index streams."""
+    k = p["index_bits"]
+    mask = (1 << k) - 1
+    pos = np.flatnonzero(nzmask)
+    gaps = np.diff(pos, prepend=-1) - 1
+    fillers = int(np.sum(gaps >> k))
+    # value stream: the nonzero codes, plus one zero code per filler entry
+    vals = _histogram(flat[nzmask])
+    v_counts = np.append(vals, fillers) if fillers else vals
+    # index stream: the gap left after the fillers for each entry, 2^k - 1 for each filler
+    d_counts = np.bincount(gaps & mask, minlength=mask + 1) if gaps.size else np.zeros(0, np.int64)
+    if fillers:
+        d_counts = d_counts.copy()
+        d_counts[mask] += fillers
+    d_counts = d_counts[d_counts > 0]
+    tables = v_counts.size * (bits + p["length_bits"]) + d_counts.size * (k + p["length_bits"])
+    codebook = vals.size * p["codebook_bits"]
+    return huffman_total_bits(v_counts) + huffman_total_bits(d_counts) + tables + codebook
+
+
 def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -> int:
     """Bits to store ``values`` (any shape; zeros exactly 0) as ``bits``-bit codes.
 
@@ -138,8 +176,10 @@ def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -
         values: the stored tensor.
         bits: bits per stored value.
         scheme: one of SCHEMES or "auto".
-        **params: ``index_bits`` (relative_index, default 4), ``run_bits`` (run_length,
-            default 5), ``length_bits`` (huffman codebook, default 5).
+        **params: ``index_bits`` (relative_index and deep_compression, default 4),
+            ``run_bits`` (run_length, default 5), ``length_bits`` (Huffman code tables,
+            default 5), ``codebook_bits`` (deep_compression's shared values, 32),
+            ``paper_formulas`` (1: EMOMC's closed forms for csr and coo).
 
     Raises:
         ValueError: unknown scheme (a programming error: profiles are validated).
@@ -152,13 +192,20 @@ def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -
         return n * bits
     nzmask = flat != 0
     nnz = int(np.count_nonzero(nzmask))
+    p = {**_DEFAULTS, **params}
     if scheme == "csr":
-        return nnz * (bits + 3)
+        if p["paper_formulas"]:
+            return nnz * (bits + 3)
+        pos = np.flatnonzero(nzmask)
+        return (nnz + _gap_fillers(pos, _CSR_INDEX_BITS)) * (bits + _CSR_INDEX_BITS)
     if scheme == "coo":
-        return math.ceil(nnz * (bits + math.log2(n))) if n > 0 else 0
+        if p["paper_formulas"]:
+            return math.ceil(nnz * (bits + math.log2(n))) if n > 0 else 0
+        return nnz * (bits + _index_bits(n))
     if scheme == "bitmask":
         return n + nnz * bits
-    p = {**_DEFAULTS, **params}
+    if scheme == "deep_compression":
+        return _deep_compression_bits(flat, nzmask, bits, p)
     if scheme == "relative_index":
         k = p["index_bits"]
         pos = np.flatnonzero(nzmask)
@@ -191,6 +238,33 @@ def _expected_fillers(nnz: float, density: float, k: int) -> float:
     return nnz * qm / (1.0 - qm)
 
 
+def _entropy(probs: np.ndarray) -> float:
+    probs = probs[probs > 0]
+    return float(-(probs * np.log2(probs)).sum())
+
+
+def _deep_compression_estimate(n: int, nnz: int, d: float, bits: int, p: dict) -> int:
+    """Shape-only deep_compression: zeros i.i.d., nonzeros uniform over 2^b - 1 codes."""
+    if nnz == 0:
+        return 0
+    k = p["index_bits"]
+    m = 1 << k
+    fill = _expected_fillers(nnz, d, k)
+    entries = nnz + fill
+    q = 1.0 - d
+    symbols = min((1 << bits) - 1, nnz)
+    # value stream: nonzeros spread uniformly, fillers as the zero code
+    pv = np.array([nnz / entries / symbols] * symbols + [fill / entries])
+    # index stream: a gap is geometric (P(z) = d q^z); its residue mod 2^k, fillers at 2^k - 1
+    z = np.arange(m, dtype=np.float64)
+    pres = d * q**z / (1.0 - q**m) if q < 1.0 else np.eye(1, m).ravel()
+    pd = pres * nnz / entries
+    pd[m - 1] += fill / entries
+    data = entries * (max(_entropy(pv), 1.0) + max(_entropy(pd), 1.0))
+    tables = (symbols + (1 if fill else 0)) * (bits + p["length_bits"]) + m * (k + p["length_bits"])
+    return math.ceil(data + tables + symbols * p["codebook_bits"])
+
+
 def estimate_size_bits(n: int, bits: int, density: float, scheme: str, **params: int) -> int:
     """Shape-only coded size: N weights, ``density`` nonzero fraction, ``bits``-bit codes.
 
@@ -204,16 +278,23 @@ def estimate_size_bits(n: int, bits: int, density: float, scheme: str, **params:
     if scheme == "auto":
         return min(estimate_size_bits(n, bits, density, s, **params) for s in SCHEMES)
     nnz = round(n * density)
+    p = {**_DEFAULTS, **params}
+    d = nnz / n if n else 0.0
     if scheme in ("normal", "dense"):
         return n * bits
     if scheme == "csr":
-        return nnz * (bits + 3)
+        if p["paper_formulas"]:
+            return nnz * (bits + 3)
+        k = _CSR_INDEX_BITS
+        return math.ceil((nnz + _expected_fillers(nnz, d, k)) * (bits + k))
     if scheme == "coo":
-        return math.ceil(nnz * (bits + math.log2(n))) if n > 0 else 0
+        if p["paper_formulas"]:
+            return math.ceil(nnz * (bits + math.log2(n))) if n > 0 else 0
+        return nnz * (bits + _index_bits(n))
     if scheme == "bitmask":
         return n + nnz * bits
-    p = {**_DEFAULTS, **params}
-    d = nnz / n if n else 0.0
+    if scheme == "deep_compression":
+        return _deep_compression_estimate(n, nnz, d, bits, p)
     if scheme == "relative_index":
         k = p["index_bits"]
         return math.ceil((nnz + _expected_fillers(nnz, d, k)) * (bits + k))

@@ -20,6 +20,8 @@ import logging
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from emomc_onnx.cost.mapping import (
     RELEVANT,
     Counts,
@@ -130,29 +132,41 @@ class _Recipe:
     spatial: tuple[tuple[str, str], ...]  # (dim, "rows" | "cols"), in priority order
     pe: tuple[str, ...]  # PE-level loops, outermost first, each as large as the RFs allow
     buffer_order: tuple[str, ...]  # buffer-level temporal loops, outermost first
-    spill: tuple[str, ...]  # dims shrunk (moved off-chip) first when the buffer overflows
     use_rf: bool = True
     pe_fit: tuple[str, ...] = ()  # order the PE loops are grown in (default: ``pe``)
+    rf_types: tuple[str, ...] = ("weights", "inputs", "outputs")  # what the RFs may keep
 
 
 _RECIPES = {
     # Weight stationary (NVDLA / TPU-like): C x M over the array, R x S weights in each PE
-    # register file; output pixels stream innermost so weights never move.
-    "ws": _Recipe((("C", "rows"), ("M", "cols")), ("R", "S"), ("M", "C", "R", "S", "P", "Q"),
-                  ("M", "C", "P", "Q")),
+    # register file; images and output pixels stream innermost so weights never move.
+    # As ISCA'16 defines it, the PE register file keeps only the weights: inputs stream
+    # through and partial sums move through the array to the buffer.
+    "ws": _Recipe((("C", "rows"), ("M", "cols")), ("R", "S"), ("M", "C", "R", "S", "N", "P", "Q"),
+                  rf_types=("weights",)),
     # Output stationary (ShiDianNao-like): output pixels over the array, the partial sum
     # stays in the PE while C, R, S are accumulated.
+    # The RF keeps only the partial sums (ISCA'16); operands come from the buffer.
     "os": _Recipe((("P", "rows"), ("Q", "cols"), ("M", "cols")), ("C", "R", "S"),
-                  ("M", "P", "Q", "R", "S", "C"), ("Q", "P", "M", "C")),
+                  ("N", "M", "P", "Q", "R", "S", "C"), rf_types=("outputs",)),
     # Row stationary (Eyeriss): filter rows (R) down the array and output rows (P) across,
-    # each PE convolves one filter row with one input row; M, C chunks in the RFs.
+    # each PE convolves one filter row with one input row; M, C chunks in the RFs; the
+    # filter rows stay in the PE while the images of the batch stream through.
     "rs": _Recipe((("R", "rows"), ("C", "rows"), ("P", "cols"), ("M", "cols")), ("M", "C", "S"),
-                  ("M", "C", "R", "S", "P", "Q"), ("M", "C", "P", "Q"), pe_fit=("S", "C", "M")),
+                  ("M", "C", "R", "S", "N", "P", "Q"), pe_fit=("S", "C", "M")),
     # No local reuse (DianNao-like): no register files, every operand comes from the
     # global buffer over the network; C x M over the array.
-    "nlr": _Recipe((("C", "rows"), ("M", "cols")), (), ("M", "C", "P", "Q", "R", "S"),
-                   ("M", "C", "P", "Q"), use_rf=False),
+    "nlr": _Recipe((("C", "rows"), ("M", "cols")), (), ("M", "C", "N", "P", "Q", "R", "S"),
+                   use_rf=False),
 }
+
+#: Outer (off-chip level) loop orders searched, outermost first. Only which group of loops
+#: is innermost changes the re-fetches: the batch and output rows (N, P: irrelevant to
+#: weights), M (irrelevant to inputs) or C (irrelevant to outputs).
+_OUTER_ORDERS = (("G", "M", "C", "N", "P", "Q"), ("G", "C", "N", "P", "Q", "M"),
+                 ("G", "M", "N", "P", "Q", "C"))
+_TOP_K = 2  # candidates of the vectorised estimate evaluated exactly, per PE tiling
+_PE_CAPS = (1, 2, 4, 8, 16)  # PE-level channel factors tried: what fits, 1/2, ..., 1/16 of it
 
 
 def _type_bits(dt: str, inp: DataflowInput, profile: object) -> int:
@@ -172,13 +186,96 @@ def _fits(level, keep, ext, inp, profile) -> bool:
     return used <= level.capacity_bytes * 8
 
 
-def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
-    """The loop nest dataflow ``name`` uses for a layer on ``profile``'s hierarchy.
+def _divisors(n: int) -> np.ndarray:
+    return np.array(_divisors_desc(n)[::-1], dtype=np.int64)
 
-    Tiling is greedy and exact (factors are divisors of the bounds): the spatial loops
-    fill the PE array in the recipe's order, the PE-level loops grow while every register
-    file still holds its tile, and the buffer keeps as much as its capacity allows (the
-    recipe's ``spill`` order decides which loops move off-chip first).
+
+def _split_candidates(rem: dict[str, int], base: dict[str, int], dims: LayerDims, inp: DataflowInput,
+                      profile, buf, split: tuple[str, ...]) -> list[tuple[float, dict[str, int], int]]:
+    """Vectorised estimate of every buffer/outer split of ``split`` dims and outer order.
+
+    Returns (estimated off-chip energy, buffer factors, order index), cheapest first, of the
+    splits whose buffer tile fits. The estimate re-fetches a tile once per trip of each
+    outer loop the data type does not depend on that sits outside its innermost relevant
+    loop (the same rule ``evaluate_mapping`` applies exactly, halos counted in full).
+    """
+    grids = np.meshgrid(*[_divisors(rem[d]) for d in split], indexing="ij")
+    b = {d: g.ravel() for d, g in zip(split, grids)}
+    one = np.ones_like(next(iter(b.values())))
+    f = {d: b.get(d, one * rem[d]) for d in "NMCPQRS"}  # buffer-level factor
+    e = {d: base[d] * f[d] for d in f}  # buffer tile extents (per group)
+    t = {d: rem[d] // f[d] for d in f}  # outer trips
+    hin = np.where(e["R"] <= dims.stride_h, e["P"] * e["R"], (e["P"] - 1) * dims.stride_h + e["R"])
+    win = np.where(e["S"] <= dims.stride_w, e["Q"] * e["S"], (e["Q"] - 1) * dims.stride_w + e["S"])
+    tw = e["M"] * e["C"] * e["R"] * e["S"]
+    ti = e["N"] * e["C"] * hin * win
+    to = e["N"] * e["M"] * e["P"] * e["Q"]
+    acc = profile.mac.accumulator_bits
+    if buf is not None and buf.capacity_bytes is not None:
+        used = (tw * inp.wbits * ("weights" in buf.holds) + ti * inp.abits * ("inputs" in buf.holds)
+                + to * acc * ("outputs" in buf.holds))
+        ok = used <= buf.capacity_bytes * 8
+    else:
+        ok = np.ones_like(one, dtype=bool)
+    if not ok.any():
+        return []
+    g = dims.G
+    tx = t["N"] * t["P"] * t["Q"]
+    n_w = g * tw * t["M"] * t["C"]  # one fetch of every weight tile
+    n_i = g * ti * t["N"] * t["C"] * t["P"] * t["Q"]
+    n_o = g * to * t["N"] * t["M"] * t["P"] * t["Q"]
+    outer = profile.storage_levels[0]
+    e_w = outer.energy_per_element(inp.wbits)
+    e_a = outer.energy_per_element(inp.abits)
+    est = []
+    for k, order in enumerate(_OUTER_ORDERS):
+        inner = order[-1]
+        rw = 1 if inner in "NPQ" else tx
+        ri = 1 if inner == "M" else t["M"]
+        ro = 1 if inner == "C" else t["C"]
+        est.append(n_w * rw * e_w + n_i * ri * e_a + n_o * (2 * ro - 1) * e_a)
+    est_a = np.stack(est)  # (orders, candidates)
+    est_a = np.where(ok[None, :], est_a, np.inf)
+    flat = np.argsort(est_a, axis=None, kind="stable")[:_TOP_K]
+    out = []
+    for idx in flat:
+        k, j = divmod(int(idx), est_a.shape[1])
+        if not np.isfinite(est_a[k, j]):
+            break
+        out.append((float(est_a[k, j]), {d: int(b[d][j]) for d in split}, k))
+    return out
+
+
+def _energy(counts: Counts, inp: DataflowInput, profile) -> float:
+    """Energy of a mapping's counts (bits per element as model.layer_cost charges them)."""
+    total = 0.0
+    for lv in profile.storage_levels:
+        if lv.name not in counts.reads:
+            continue
+        for dt in RELEVANT:
+            bits = _type_bits(dt, inp, profile) if not (dt == "outputs" and lv.kind == "offchip") \
+                else inp.abits
+            n = counts.reads[lv.name][dt] + counts.writes[lv.name][dt]
+            total += n * lv.energy_per_element(bits)
+    net = profile.network
+    if net is not None:
+        for dt, n in counts.network.items():
+            total += n * net.energy_per_element(_type_bits(dt, inp, profile))
+    return total
+
+
+def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
+    """The cheapest loop nest of dataflow ``name`` for a layer on ``profile``'s hierarchy.
+
+    The dataflow fixes what is spread over the PE array (its spatial loops fill the array in
+    the recipe's order, exact divisors of the bounds) and what stays in the register files
+    (PE-level loops grown while every register file holds its tile). What is left is split
+    between the buffer and the off-chip level: every split of the batch, output channels,
+    input channels and output rows into divisors whose buffer tile fits (output columns too
+    when nothing else fits), under each of the three outer loop orders that differ in
+    re-fetches, is estimated at once (numpy); the few cheapest are counted exactly by
+    ``evaluate_mapping`` and the lowest total energy wins, as Timeloop's mapper and the
+    ISCA'16 framework pick the best mapping per layer.
     """
     rec = _RECIPES[name]
     dims = inp.dims
@@ -186,7 +283,7 @@ def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
     outer = storage[0]
     buf = next((lv for lv in storage if lv.kind == "buffer"), None)
     rfs = [lv for lv in storage if lv.kind == "rf"]
-    rem = {d: dims.bound(d) for d in "GMCPQRS"}
+    rem = {d: dims.bound(d) for d in "NGMCPQRS"}
 
     spatial: list[Loop] = []
     left = {"rows": profile.pe_rows, "cols": profile.pe_cols}
@@ -197,67 +294,84 @@ def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
             rem[dim] //= f
             left[axis] //= f
 
-    pe: list[Loop] = []
-    if rec.use_rf and rfs:
-        ext = dict.fromkeys("GMCPQRS", 1)
+    def rf_keep(lv) -> frozenset[str]:
+        return frozenset(lv.holds) & frozenset(rec.rf_types) if rec.use_rf else frozenset()
+
+    def grow_pe(cap_div: int) -> tuple[list[Loop], dict[str, int]]:
+        """PE-level loops grown in the recipe's order while every RF holds its tile; a
+        channel factor is capped at 1/cap_div of what would fit (smaller RF tiles leave
+        more of the channels to the buffer, where they may save DRAM re-fetches)."""
+        left_rem = dict(rem)
+        if not (rec.use_rf and rfs):
+            return [], left_rem
+        ext = dict.fromkeys("NGMCPQRS", 1)
         grown: dict[str, int] = {}
         for dim in rec.pe_fit or rec.pe:
-            for f in _divisors_desc(rem[dim]):
+            f = 1
+            for f in _divisors_desc(left_rem[dim]):
                 trial = dict(ext)
                 trial[dim] *= f
-                if all(_fits(lv, lv.holds, trial, inp, profile) for lv in rfs):
+                if all(_fits(lv, rf_keep(lv), trial, inp, profile) for lv in rfs):
                     break
+            if dim not in "RS" and cap_div > 1:
+                f = _divisor_at_most(left_rem[dim], max(1, f // cap_div))
             if f > 1:
                 ext[dim] *= f
                 grown[dim] = f
-                rem[dim] //= f
-        pe = [Loop(d, grown[d]) for d in rec.pe if d in grown]
+                left_rem[dim] //= f
+        return [Loop(d, grown[d]) for d in rec.pe if d in grown], left_rem
 
-    # Buffer level: everything left, shrunk in spill order until the tile fits.
-    buf_f = {d: rem[d] for d in rec.buffer_order}
-    if buf is not None:
-        base = dict.fromkeys("GMCPQRS", 1)
+    def assemble(pe: list[Loop], rem: dict[str, int], buf_f: dict[str, int],
+                 order: tuple[str, ...]) -> Mapping:
+        out_f = {d: rem[d] // buf_f.get(d, 1) for d in "NGMCPQRS"}
+        out_f["G"] = rem["G"]
+        outer_loops = [Loop(d, out_f[d]) for d in order if out_f.get(d, 1) > 1]
+        buf_loops = [Loop(d, buf_f[d]) for d in rec.buffer_order if buf_f.get(d, 1) > 1]
+        levels = []
+        for lv in storage:
+            lp: list[Loop] = []
+            keep = None
+            if lv is outer:
+                lp += outer_loops
+                if buf is None:
+                    lp += buf_loops + spatial
+            if lv is buf:
+                lp += buf_loops + spatial
+            if lv.kind == "rf":
+                if rf_keep(lv) != frozenset(lv.holds):
+                    keep = rf_keep(lv)
+                if rec.use_rf and lv is rfs[-1]:
+                    lp += pe
+            levels.append(MappingLevel(lv.name, tuple(lp), keep))
+        return Mapping(tuple(levels))
+
+    options: list[tuple[list[Loop], dict[str, int], dict[str, int], int]] = []
+    seen: set = set()
+    for cap_div in _PE_CAPS:
+        pe, left = grow_pe(cap_div)
+        key = tuple((lp.dim, lp.bound) for lp in pe)
+        if key in seen:
+            continue
+        seen.add(key)
+        base = dict.fromkeys("NGMCPQRS", 1)
         for lp in (*spatial, *pe):
             base[lp.dim] *= lp.bound
-
-        def fits(bf: dict[str, int]) -> bool:
-            e = {d: base[d] * bf.get(d, 1) for d in base}
-            return _fits(buf, buf.holds, e, inp, profile)
-
-        order = [*rec.spill, *[d for d in rec.buffer_order if d not in rec.spill]]
-        for dim in order:
-            if fits(buf_f):
-                break
-            for f in _divisors_desc(rem[dim]):
-                buf_f[dim] = f
-                if fits(buf_f):
-                    break
-    else:
-        buf_f = dict.fromkeys(rec.buffer_order, 1)
-    out_f = {d: rem[d] // buf_f.get(d, 1) for d in "GMCPQRS"}
-
-    def loops(fs: dict[str, int], order: tuple[str, ...]) -> list[Loop]:
-        return [Loop(d, fs[d]) for d in order if fs.get(d, 1) > 1]
-
-    outer_loops = loops(out_f, ("G", *rec.buffer_order))
-    buf_loops = loops(buf_f, rec.buffer_order) if buf is not None else []
-    levels = []
-    for lv in storage:
-        lp: list[Loop] = []
-        keep = None
-        if lv is outer:
-            lp += outer_loops
-            if buf is None:
-                lp += spatial
-        if lv is buf:
-            lp += buf_loops + spatial
-        if lv.kind == "rf":
-            if not rec.use_rf:
-                keep = frozenset()
-            elif lv is rfs[-1]:
-                lp += pe
-        levels.append(MappingLevel(lv.name, tuple(lp), keep))
-    return Mapping(tuple(levels))
+        cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P"))
+        if not cands:
+            cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P", "Q"))
+        options += [(pe, left, buf_f, k) for _, buf_f, k in cands[:_TOP_K]]
+    if not options:  # nothing fits: the smallest tile (traffic_from_mapping notes the overflow)
+        pe, left = grow_pe(1)
+        return assemble(pe, left, {}, _OUTER_ORDERS[0])
+    holds = {lv.name: lv.holds for lv in storage}
+    best: tuple[float, Mapping] | None = None
+    for pe, left, buf_f, k in options:
+        full = {d: buf_f.get(d, left[d]) for d in "NMCPQRS"}
+        m = assemble(pe, left, full, _OUTER_ORDERS[k])
+        e = _energy(evaluate_mapping(m, dims, holds), inp, profile)
+        if best is None or e < best[0]:
+            best = (e, m)
+    return best[1]
 
 
 def traffic_from_mapping(mapping: Mapping, inp: DataflowInput, profile) -> Traffic:
@@ -315,8 +429,14 @@ def paper_counts(name: str, inp: DataflowInput) -> dict[str, float]:
     """EMOMC's per-layer counts and zero factors (COSTMODEL.md table).
 
     Returns a dict with ``macs``, ``input_reads``, ``weight_reads``, ``output_writes``,
-    ``psum_reads``, ``f_in`` and ``f_out``.
+    ``psum_reads``, ``f_in`` and ``f_out`` (for a batch of N images: N times one image's,
+    weight reads once).
     """
+    n = inp.dims.N
+    if n > 1:  # per image, then the batch: weights are read once per batch (reused by its images)
+        one = paper_counts(name, dataclasses.replace(inp, dims=dataclasses.replace(inp.dims, N=1)))
+        return {k: (v * n if k in ("macs", "input_reads", "output_writes", "psum_reads") else v)
+                for k, v in one.items()}
     dm = inp.dims
     d = inp.density
     mac = float(dm.macs)

@@ -1,10 +1,10 @@
-"""Loop-nest mappings and their access counts (Timeloop-style analysis).
+"""Loop-nest mappings and their access counts (Timeloop-style analysis, ISCA'16 accounting).
 
-A mapping assigns the seven loops of a convolution (G groups, M output channels per group,
-C input channels per group, P x Q output pixels, R x S kernel) to the storage levels of a
-profile, outermost first; a loop is temporal or spatial (spread over the level's children,
-i.e. the PE array). Counting rules, per data type and per pair (parent, child) of adjacent
-levels that keep the type:
+A mapping assigns the eight loops of a convolution over a batch (N images, G groups, M
+output channels per group, C input channels per group, P x Q output pixels, R x S kernel)
+to the storage levels of a profile, outermost first; a loop is temporal or spatial (spread
+over the level's children, i.e. the PE array). Counting rules, per data type and per pair
+(parent, child) of adjacent levels that keep the type:
 
 * the child's tile is the extent of every loop at the child and below; each child instance
   is filled with what its current tile lacks (network deliveries when there is a fan-out);
@@ -15,13 +15,23 @@ levels that keep the type:
   depend on (stationarity); after that every step changes the tile;
 * input tiles of consecutive steps may overlap (sliding windows, halos, and the wrap of
   inner loops): only the difference is fetched, computed exactly per transition type;
-* outputs go the other way: every refill writes the tile back to the parent, and all but the
-  first visit of each distinct tile also read the partial sums back;
 * the MACs are a last pseudo-level: one operand read per MAC per type (no stationarity), and
   one partial-sum update per MAC.
 
+Accesses follow the ISCA'16 analysis framework (Chen, Emer, Sze, "Eyeriss: a spatial
+architecture...", Sec. V-A, the a-b-c-d accounting; ../shared/COSTMODEL.md). A value read
+``a`` times from DRAM, each copy ``b`` times from the buffer, delivered ``c`` times across the
+array and used ``d`` times from the register file costs a*E_dram + ab*E_buf + abc*E_array +
+abcd*E_rf: each level is charged for what it *serves* to its child (``reads``), never for
+being filled by its parent (``fills``, reported apart and not charged). Partial sums cost
+(2a-1)*E_dram + 2a(b-1)*E_buf + ab(c-1)*E_array + 2abc(d-1)*E_rf: the outermost level is
+written once per visit and read back for all but the first (``writes`` a, ``reads`` a-1);
+an inner level does a read and a write per accumulation after the first (``reads`` =
+``writes`` = read-backs), and a tile it drains to its parent is not a read of its own.
+
 The AlexNet CONV1 example of Timeloop's Eyeriss-like design is reproduced exactly by
-``tests/cost/test_mapping.py``.
+``tests/cost/test_mapping.py``; nn_dataflow's ISCA'16 AlexNet figures by
+``tests/cost/test_fidelity.py``.
 """
 
 from __future__ import annotations
@@ -48,17 +58,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DIMS = ("G", "M", "C", "P", "Q", "R", "S")
+DIMS = ("N", "G", "M", "C", "P", "Q", "R", "S")
 RELEVANT = {
     "weights": frozenset("GMCRS"),
-    "inputs": frozenset("GCPQRS"),
-    "outputs": frozenset("GMPQ"),
+    "inputs": frozenset("NGCPQRS"),
+    "outputs": frozenset("NGMPQ"),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerDims:
-    """Loop bounds of one layer at batch 1 plus the strides."""
+    """Loop bounds of one layer (``N`` images per batch) plus the strides."""
 
     G: int
     M: int
@@ -69,34 +79,36 @@ class LayerDims:
     S: int
     stride_h: int = 1
     stride_w: int = 1
+    N: int = 1
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates of the layer."""
-        return self.G * self.M * self.C * self.P * self.Q * self.R * self.S
+        """Multiply-accumulates of the layer over the batch."""
+        return self.N * self.G * self.M * self.C * self.P * self.Q * self.R * self.S
 
     def bound(self, dim: str) -> int:
         """The loop bound of ``dim``."""
         return getattr(self, dim)
 
     @classmethod
-    def from_layer(cls, layer: Layer) -> LayerDims:
-        """Loop bounds of a Conv / ConvTranspose / Gemm / MatMul layer.
+    def from_layer(cls, layer: Layer, batch: int = 1) -> LayerDims:
+        """Loop bounds of a Conv / ConvTranspose / Gemm / MatMul layer over ``batch`` images.
 
         ConvTranspose is costed as the equivalent direct convolution over the input pixels
         (same MAC count: every input pixel meets every kernel tap).
         """
         g = max(layer.groups, 1)
+        n = max(int(batch), 1)
         if layer.op_type in ("Gemm", "MatMul"):
             rows = layer.out_spatial[0] * layer.out_spatial[1]
-            return cls(1, layer.out_channels, layer.in_channels, rows, 1, 1, 1)
+            return cls(1, layer.out_channels, layer.in_channels, rows, 1, 1, 1, N=n)
         kh, kw = layer.kernel
         if layer.op_type == "ConvTranspose":
             h, w = layer.in_spatial
-            return cls(g, layer.out_channels // g, layer.in_channels // g, h, w, kh, kw)
+            return cls(g, layer.out_channels // g, layer.in_channels // g, h, w, kh, kw, N=n)
         ho, wo = layer.out_spatial
         sh, sw = layer.stride
-        return cls(g, layer.out_channels // g, layer.in_channels // g, ho, wo, kh, kw, sh, sw)
+        return cls(g, layer.out_channels // g, layer.in_channels // g, ho, wo, kh, kw, sh, sw, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +146,21 @@ class Mapping:
 
 @dataclasses.dataclass
 class Counts:
-    """Element accesses per level and data type, plus network deliveries and tile sizes."""
+    """Element accesses per level and data type (charged), network deliveries, tile sizes.
+
+    ``fills`` are the elements each level receives from its parent (inputs and weights
+    arriving, partial sums coming back down): not accesses in the ISCA'16 accounting.
+    ``updates`` are the partial sums each level receives from its children (Timeloop's
+    "scalar updates"); the charged ``writes`` keep all of them at the outermost level and the
+    read-modify-writes (= read-backs) elsewhere.
+    """
 
     reads: dict[str, dict[str, float]]
     writes: dict[str, dict[str, float]]
     network: dict[str, float]
     tiles: dict[str, dict[str, int]]
+    fills: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    updates: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _span(out: int, k: int, stride: int) -> int:
@@ -152,9 +173,10 @@ def _size(dt: str, e: MappingABC[str, int], dims: LayerDims) -> int:
     if dt == "weights":
         return e["G"] * e["M"] * e["C"] * e["R"] * e["S"]
     if dt == "outputs":
-        return e["G"] * e["M"] * e["P"] * e["Q"]
+        return e["N"] * e["G"] * e["M"] * e["P"] * e["Q"]
     return (
-        e["G"]
+        e["N"]
+        * e["G"]
         * e["C"]
         * _span(e["P"], e["R"], dims.stride_h)
         * _span(e["Q"], e["S"], dims.stride_w)
@@ -190,12 +212,12 @@ def _input_fetches(e: MappingABC[str, int], dims: LayerDims, walk: list[tuple[Lo
         shift[lpj.dim] += stj
         for lpi, sti in walk[:j]:
             shift[lpi.dim] -= (lpi.bound - 1) * sti
-        if shift["G"] or shift["C"]:
+        if shift["N"] or shift["G"] or shift["C"]:
             overlap = 0
         else:
             oh = _axis_overlap(e["P"], e["R"], dims.stride_h, shift["P"] * dims.stride_h + shift["R"])
             ow = _axis_overlap(e["Q"], e["S"], dims.stride_w, shift["Q"] * dims.stride_w + shift["S"])
-            overlap = e["G"] * e["C"] * oh * ow
+            overlap = e["N"] * e["G"] * e["C"] * oh * ow
         total += count * (size - overlap)
     return total
 
@@ -253,6 +275,8 @@ def evaluate_mapping(
     names = [lv.level for lv in mapping.levels]
     reads = {nm: {dt: 0.0 for dt in RELEVANT} for nm in names}
     writes = {nm: {dt: 0.0 for dt in RELEVANT} for nm in names}
+    fills = {nm: {dt: 0.0 for dt in RELEVANT} for nm in names}
+    updates = dict.fromkeys(names, 0.0)
     network = {dt: 0.0 for dt in RELEVANT}
     tiles = {nm: {} for nm in names}
     macs = dims.macs
@@ -305,22 +329,36 @@ def evaluate_mapping(
                 child_fills = size_c * inst * r * above_sp
             pname = names[p]
             if dt != "outputs":
+                # a*b*c*d: the parent is charged for every element it serves (a at DRAM,
+                # ab at the buffer, abcd = MACs at the register file); the child's fill is not
+                # an access of its own (ISCA'16: RF fills are not counted).
                 reads[pname][dt] += parent_reads
                 if not is_mac:
-                    writes[names[c]][dt] += child_fills
+                    fills[names[c]][dt] += child_fills
                 if inst > 1:
-                    network[dt] += child_fills
+                    network[dt] += child_fills  # abc: deliveries across the array
             else:
                 upd = size_comb * r * above_sp
                 back = size_comb * (r - r_rel) * above_sp
-                writes[pname][dt] += upd
                 reads[pname][dt] += back
+                updates[pname] += upd
+                if p == chain[0]:
+                    writes[pname][dt] += upd  # (2a - 1) * E_dram: a writes, a - 1 read-backs
+                else:
+                    # 2a(b-1) * E_buf, 2abc(d-1) * E_rf: a read and a write per accumulation
+                    # after the first; neither the first write nor the drain of a finished
+                    # tile to the next level out is counted here.
+                    writes[pname][dt] += back
                 if not is_mac:
-                    reads[names[c]][dt] += size_c * inst * r * above_sp
-                    writes[names[c]][dt] += size_c * inst * (r - r_rel) * above_sp
+                    # every visit of a child tile is filled: the first with its initial value,
+                    # the others with the partial sums read back (Timeloop's "fills")
+                    fills[names[c]][dt] += size_c * inst * r * above_sp
                 if inst > 1:
-                    network[dt] += size_c * inst * (2 * r - r_rel) * above_sp
+                    # ab(c-1) * E_array: of the partial sums the children hand up, all but
+                    # the one the parent keeps per output move PE to PE (spatial reduction)
+                    network[dt] += (size_c * inst - size_comb) * r * above_sp
             if is_mac:
                 assert size_c == 1 and inst * r * above_sp == macs  # internal invariant
-        logger.debug("%s counts for %s done", dt, mapping.describe())
-    return Counts(reads, writes, network, tiles)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s counts for %s done", dt, mapping.describe())
+    return Counts(reads, writes, network, tiles, fills, updates)

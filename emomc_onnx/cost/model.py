@@ -34,6 +34,7 @@ __all__ = [
     "LayerCostReport",
     "ModelCost",
     "OtherOp",
+    "OtherOpReport",
     "baseline_cost",
     "compare_dataflows",
     "layer_cost",
@@ -110,7 +111,8 @@ class CostLayer:
         key = (scheme, tuple(sorted(params.items())))
         if key not in self._cache:
             if self.weight is None or (
-                scheme == "huffman" and self.wbits > 16 and not np.issubdtype(self.weight.dtype, np.integer)
+                scheme in ("huffman", "deep_compression") and self.wbits > 16
+                and not np.issubdtype(self.weight.dtype, np.integer)
             ):
                 v = estimate_size_bits(self.n_weights, self.wbits, self.density, scheme, **params)
             else:
@@ -121,12 +123,36 @@ class CostLayer:
 
 @dataclasses.dataclass(frozen=True)
 class OtherOp:
-    """A non-compute op: counted as activation traffic, or ignored with a reason."""
+    """A non-compute op (pooling, element-wise, activation, Concat/Resize, normalisation,
+    activation x activation MatMul): its activation traffic, or ignored with a reason.
+
+    Attributes:
+        in_elems, out_elems: activation elements read and written per image (None: unknown).
+        bits, out_bits: their precision (None: the model's activation bits).
+        macs: multiply-accumulates per image (MatMul of two activations, e.g. attention).
+    """
 
     name: str
     op_type: str
     in_elems: int | None
     out_elems: int | None
+    bits: int | None = None
+    out_bits: int | None = None
+    macs: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OtherOpReport:
+    """Cost of one non-compute op over the batch."""
+
+    name: str
+    op_type: str
+    energy: float
+    bits: int
+    out_bits: int
+    in_elems: int
+    out_elems: int
+    macs: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +189,7 @@ class ModelCost:
     coding: str
     layers: tuple[LayerCostReport, ...]
     other_energy: float
-    other_ops: tuple[tuple[str, str, float], ...]
+    other_ops: tuple[OtherOpReport, ...]
     ignored: tuple[tuple[str, str, str], ...]
     energy: float
     size_bits: int
@@ -189,6 +215,13 @@ def _bits_for(dt: str, level_kind: str, c: CostLayer, profile: Profile, tr: Traf
     return c.abits if level_kind == "offchip" else profile.mac.accumulator_bits
 
 
+def _scheme_params(profile: Profile, scheme: str) -> dict[str, int]:
+    """Coding parameters for ``scheme``: the shared ones, then its own section."""
+    shared = {k: v for s, p in profile.coding_params.items() if s != "deep_compression"
+              for k, v in p.items()}
+    return {**shared, **profile.coding_params.get(scheme, {})}
+
+
 def _schemes(profile: Profile, coding: str) -> list[str]:
     out = [s for s in profile.codings if s != "auto"]
     if coding not in ("auto", *out):
@@ -202,11 +235,15 @@ def layer_cost(
     dataflow: str,
     coding: str,
     mapping: Mapping | None = None,
+    batch: int | None = None,
 ) -> LayerCostReport:
-    """Cost of one layer; ``mapping`` forces an explicit loop nest (Eyeriss framework)."""
-    dims = LayerDims.from_layer(c.layer)
-    params = {k: v for p in profile.coding_params.values() for k, v in p.items()}
-    wb = {s: c.weight_bits(s, params) for s in _schemes(profile, coding)}
+    """Cost of one layer over a batch (default: the profile's ``batch``).
+
+    ``mapping`` forces an explicit loop nest (Eyeriss framework). Energies and MACs are per
+    batch: weights are fetched once per batch where the mapping keeps them.
+    """
+    dims = LayerDims.from_layer(c.layer, batch or profile.batch)
+    wb = {s: c.weight_bits(s, _scheme_params(profile, s)) for s in _schemes(profile, coding)}
     if coding == "auto":
         chosen = min(wb, key=wb.__getitem__)
     else:
@@ -281,6 +318,7 @@ def model_cost(
     coding: str | None = None,
     other_ops: Sequence[OtherOp] = (),
     mappings: dict[str, Mapping] | None = None,
+    batch: int | None = None,
 ) -> ModelCost:
     """Energy and coded size of a model.
 
@@ -290,8 +328,11 @@ def model_cost(
         dataflow: one of ``profile.dataflows`` (default: the first).
         coding: one of ``profile.codings`` or any scheme in coding.SCHEMES (default: the
             profile's first); "auto" picks the smallest scheme per layer.
-        other_ops: non-compute ops (activation traffic at the off-chip level, or ignored).
+        other_ops: non-compute ops: their inputs read and outputs written at the off-chip
+            level at their own precision, plus their MACs (activation x activation MatMul),
+            per image times the batch; ops that move no data are listed as ignored.
         mappings: explicit loop nests by layer name (override the dataflow's mapping).
+        batch: images per batch (default: the profile's ``batch``); energies are per batch.
 
     Raises:
         ProfileError: the profile does not support the dataflow or the coding.
@@ -307,7 +348,7 @@ def model_cost(
         raise ProfileError(f"{profile.name}: unknown coding {coding!r}")
     mappings = mappings or {}
     reports = tuple(
-        layer_cost(c, profile, dataflow, coding, mappings.get(c.layer.name)) for c in layers
+        layer_cost(c, profile, dataflow, coding, mappings.get(c.layer.name), batch) for c in layers
     )
     by_level: dict[str, float] = {}
     by_type = {"weights": 0.0, "inputs": 0.0, "psums": 0.0, "compute": 0.0}
@@ -320,22 +361,36 @@ def model_cost(
     act_level = profile.chain("inputs")[0]
     out_level = profile.chain("outputs")[0]
     abits = profile.baseline_activation_bits if not layers else layers[0].abits
-    counted: list[tuple[str, str, float]] = []
+    n_batch = batch or profile.batch
+    counted: list[OtherOpReport] = []
     ignored: list[tuple[str, str, str]] = []
     other_e = 0.0
+    other_mac = 0.0
     for op in other_ops:
-        if op.op_type in _VIEW_OPS:
+        if not profile.count_other_ops:
+            ignored.append((op.name, op.op_type, f"profile {profile.name} costs compute layers only"))
+        elif op.op_type in _VIEW_OPS:
             ignored.append((op.name, op.op_type, "no data movement (view / metadata / QDQ)"))
         elif op.in_elems is None or op.out_elems is None:
             ignored.append((op.name, op.op_type, "unknown tensor sizes"))
         else:
-            e = op.in_elems * act_level.energy_per_element(abits)
-            e += op.out_elems * out_level.energy_per_element(abits, write=True)
-            counted.append((op.name, op.op_type, e))
-            other_e += e
+            b_in = op.bits or abits
+            b_out = op.out_bits or b_in
+            e_mem = op.in_elems * act_level.energy_per_element(b_in)
+            e_mem += op.out_elems * out_level.energy_per_element(b_out, write=True)
+            e_mac = op.macs * profile.mac.energy(b_in, b_in)
+            e = n_batch * (e_mem + e_mac)
+            counted.append(OtherOpReport(op.name, op.op_type, e, b_in, b_out, op.in_elems,
+                                         op.out_elems, op.macs * n_batch))
+            other_e += n_batch * e_mem
+            other_mac += n_batch * e_mac
     if other_e:
         by_level[act_level.name] = by_level.get(act_level.name, 0.0) + other_e
         by_type["inputs"] += other_e
+    if other_mac:
+        by_level["mac"] = by_level.get("mac", 0.0) + other_mac
+        by_type["compute"] += other_mac
+    other_e += other_mac
 
     size_by: dict[str, int] = {}
     for s in (*_schemes(profile, coding), "auto"):
@@ -358,7 +413,7 @@ def model_cost(
         size_bits_by_coding=size_by,
         energy_by_level=by_level,
         energy_by_type=by_type,
-        macs=sum(r.macs for r in reports),
+        macs=sum(r.macs for r in reports) + sum(r.macs for r in counted),
     )
 
 
@@ -368,6 +423,7 @@ def baseline_cost(
     dataflow: str | None = None,
     coding: str = "dense",
     other_ops: Sequence[OtherOp] = (),
+    batch: int | None = None,
 ) -> ModelCost:
     """Cost of the unmodified float model: dense, ``baseline_weight_bits`` weights.
 
@@ -382,21 +438,22 @@ def baseline_cost(
                 lay, profile.baseline_weight_bits, profile.baseline_activation_bits, 1.0, bias
             )
         )
-    return model_cost(base, profile, dataflow, coding, other_ops)
+    return model_cost(base, profile, dataflow, coding, other_ops, batch=batch)
 
 
 def compare_dataflows(
-    layers: Sequence[CostLayer], profile: Profile, coding: str | None = None
+    layers: Sequence[CostLayer], profile: Profile, coding: str | None = None,
+    batch: int | None = None,
 ) -> dict[str, ModelCost]:
     """model_cost under every dataflow the profile lists."""
-    return {d: model_cost(layers, profile, d, coding) for d in profile.dataflows}
+    return {d: model_cost(layers, profile, d, coding, batch=batch) for d in profile.dataflows}
 
 
 def to_dict(cost: ModelCost) -> dict:
     """JSON-ready dict of a ModelCost."""
     d = dataclasses.asdict(cost)
     d["energy_per_mac"] = cost.energy_per_mac
-    d["other_ops"] = [dict(name=n, op_type=t, energy=e) for n, t, e in cost.other_ops]
+    d["other_ops"] = [dataclasses.asdict(r) for r in cost.other_ops]
     d["ignored"] = [dict(name=n, op_type=t, reason=r) for n, t, r in cost.ignored]
     for lay in d["layers"]:
         lay["notes"] = list(lay["notes"])

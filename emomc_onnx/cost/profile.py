@@ -47,6 +47,7 @@ _CODINGS = (
     "bitmask",
     "run_length",
     "huffman",
+    "deep_compression",
     "auto",
 )
 
@@ -139,6 +140,8 @@ class Profile:
     coding_params: Mapping[str, Mapping[str, int]]
     path: str
     sha256: str
+    batch: int = 1
+    count_other_ops: bool = True
 
     @property
     def default_dataflow(self) -> str:
@@ -260,6 +263,8 @@ _TOP_OPTIONAL = {
     "bias_bits",
     "qparam_bits",
     "coding_params",
+    "batch",
+    "count_other_ops",
 }
 
 
@@ -357,9 +362,11 @@ def parse_profile(text: str, fname: str = "<profile>", path: str = "") -> Profil
 
     params: dict[str, dict[str, int]] = {}
     cp = raw.get("coding_params", {}) or {}
-    ctx.mapping(cp, "coding_params", set(), {"relative_index", "run_length", "huffman"})
+    allowed = {"relative_index": {"index_bits"}, "run_length": {"run_bits"},
+               "huffman": {"length_bits"}, "deep_compression": {"index_bits", "codebook_bits"},
+               "csr": {"paper_formulas"}, "coo": {"paper_formulas"}}
+    ctx.mapping(cp, "coding_params", set(), set(allowed))
     for scheme, spec in cp.items():
-        allowed = {"relative_index": {"index_bits"}, "run_length": {"run_bits"}, "huffman": {"length_bits"}}
         ctx.mapping(spec, f"coding_params.{scheme}", set(), allowed[scheme])
         params[scheme] = {
             k: ctx.num(v, f"coding_params.{scheme}.{k}", 1, integer=True) for k, v in spec.items()
@@ -397,6 +404,8 @@ def parse_profile(text: str, fname: str = "<profile>", path: str = "") -> Profil
         coding_params=params,
         path=path,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        batch=ctx.num(raw.get("batch", 1), "batch", 1, integer=True),
+        count_other_ops=ctx.boolean(raw.get("count_other_ops", True), "count_other_ops"),
     )
 
 

@@ -46,6 +46,14 @@ def render(cost: ModelCost, console: Console) -> None:
     console.print(lv)
     sizes = ", ".join(f"{k} {v / 8e3:,.1f} kB" for k, v in cost.size_bits_by_coding.items())
     console.print(f"size by coding: {sizes}")
+    if cost.other_ops:
+        ot = Table(title="other ops (activation traffic at their precision, batch included)")
+        for col in ("op", "type", "bits in/out", "elems in/out", "MACs", "energy"):
+            ot.add_column(col, justify="left" if col in ("op", "type") else "right")
+        for r in cost.other_ops:
+            ot.add_row(r.name, r.op_type, f"{r.bits}/{r.out_bits}", f"{r.in_elems:,}/{r.out_elems:,}",
+                       f"{r.macs:,}", _fmt(r.energy))
+        console.print(ot)
     for name, op, reason in cost.ignored:
         console.print(f"[yellow]ignored[/yellow] {name} ({op}): {reason}")
     for r in cost.layers:

@@ -19,9 +19,42 @@ T[[0, 3, 4, 15, 16]] = [1, -2, 1, 3, 1]
 
 def test_paper_schemes() -> None:
     assert coded_size_bits(T, 4, "normal") == 20 * 4
-    assert coded_size_bits(T, 4, "csr") == 5 * (4 + 3)
-    assert coded_size_bits(T, 4, "coo") == math.ceil(5 * (4 + math.log2(20)))  # 42 -> 5*8.32
+    # EMOMC's closed forms (the emomc profile sets paper_formulas)
+    assert coded_size_bits(T, 4, "csr", paper_formulas=1) == 5 * (4 + 3)
+    assert coded_size_bits(T, 4, "coo", paper_formulas=1) == math.ceil(5 * (4 + math.log2(20)))
     assert coded_size_bits(T, 4, "dense") == 80
+
+
+def test_decodable_csr_and_coo() -> None:
+    # CSR: 3-bit gaps (max 7): the gap of 10 needs 10 // 8 = 1 filler -> 6 entries of 4 + 3 bits
+    assert coded_size_bits(T, 4, "csr") == 6 * (4 + 3)
+    # COO: a decoder reads whole index bits: ceil(log2 20) = 5
+    assert coded_size_bits(T, 4, "coo") == 5 * (4 + 5)
+    # at 9% density CSR's fillers add ~89% entries (i.i.d. zeros: q^8 / (1 - q^8), q = 0.91)
+    rng = np.random.default_rng(1)
+    w = (rng.random(200_000) < 0.09) * rng.integers(1, 8, 200_000)
+    nnz = np.count_nonzero(w)
+    ratio = coded_size_bits(w, 4, "csr") / coded_size_bits(w, 4, "csr", paper_formulas=1)
+    assert ratio == pytest.approx(1 + 0.91**8 / (1 - 0.91**8), rel=0.03)
+    est = estimate_size_bits(w.size, 4, nnz / w.size, "csr")
+    assert est == pytest.approx(coded_size_bits(w, 4, "csr"), rel=0.03)
+    assert estimate_size_bits(w.size, 4, nnz / w.size, "coo") == coded_size_bits(w, 4, "coo")
+
+
+def test_deep_compression_hand_computed() -> None:
+    # k = 2 (max gap 3): entries 1, -2, 1, [filler, filler], 3, 1 (gap 10 -> 2 fillers, residue 2)
+    # values: 1 x3, -2, 3, 0 x2 -> counts [3, 1, 1, 2]; gaps: 0, 2, 0, 3, 3, 2, 0 -> 0 x3, 2 x2, 3 x2
+    v_bits = huffman_total_bits(np.array([3, 1, 1, 2]))
+    d_bits = huffman_total_bits(np.array([3, 2, 2]))
+    tables = 4 * (4 + 5) + 3 * (2 + 5)
+    codebook = 3 * 32  # distinct nonzero values 1, -2, 3
+    got = coded_size_bits(T, 4, "deep_compression", index_bits=2)
+    assert got == v_bits + d_bits + tables + codebook
+    # smaller than its relative index stream (7 entries x 6 bits) only once tensors are large
+    rng = np.random.default_rng(0)
+    w = (rng.random(100_000) < 0.1) * rng.choice([1, 1, 1, 2, -1, -1, 3], 100_000)
+    assert coded_size_bits(w, 5, "deep_compression", index_bits=4) < coded_size_bits(
+        w, 5, "relative_index", index_bits=4)
 
 
 def test_bitmask() -> None:
@@ -103,7 +136,7 @@ def test_relative_index_and_huffman_match_reference(vals: list[int], k: int) -> 
 
 def test_estimates() -> None:
     n, b = 10_000, 4
-    assert estimate_size_bits(n, b, 0.3, "csr") == 3000 * 7
+    assert estimate_size_bits(n, b, 0.3, "csr", paper_formulas=1) == 3000 * 7
     assert estimate_size_bits(n, b, 0.3, "bitmask") == n + 3000 * 4
     assert estimate_size_bits(n, b, 1.0, "relative_index") == n * (b + 4)
     # sparser -> more fillers per nonzero, but fewer bits overall
