@@ -13,6 +13,7 @@ import onnx
 from emomc_onnx import io
 from emomc_onnx.analysis import Analysis, analyze as _analyze
 from emomc_onnx.errors import EmomcError
+from emomc_onnx.paths import check_output_dir, check_output_file
 
 __all__ = ["analyze", "prune", "quantize", "profile", "compress", "sensitivity", "select", "demo_paths", "load",
            "calibration_batches"]
@@ -77,6 +78,11 @@ def prune(
     from emomc_onnx.passes.channel_pruning import uniform_plan
     from emomc_onnx.passes.recovery import activation_means, prune_with_recovery
 
+    check_output_file(output)
+    if multiple < 1:
+        raise EmomcError(f"--multiple {multiple}: must be >= 1")
+    if calib_samples < 1:
+        raise EmomcError(f"--calib-samples {calib_samples}: must be >= 1")
     loaded = load(model, input_shapes)
     analysis = _analyze(loaded.model)
     original = loaded.proto()
@@ -171,13 +177,22 @@ def compress(
     progress=None,
     extra_points: Mapping | None = None,
     recovery: str = "lsq",
+    overwrite: bool = False,
 ):
-    """Run the two-stage search and export the front; returns (result, entries, evaluator)."""
+    """Run the two-stage search and export the front; returns (result, entries, evaluator).
+
+    OUTDIR is locked for the run; a front of another run (other fingerprint) in it is only
+    replaced with ``overwrite``.
+    """
     from emomc_onnx.candidate import EvaluatorConfig, make_space
-    from emomc_onnx.export.front import export_front
+    from emomc_onnx.export.front import check_front_owner, export_front
+    from emomc_onnx.paths import locked, prepare_outdir
     from emomc_onnx.search.driver import SearchConfig, run_search
     from emomc_onnx.search.store import ResultStore
 
+    check_output_dir(outdir)
+    _check_run_args(seed=seed, eval_samples=eval_samples, calib_samples=calib_samples,
+                    max_accuracy_drop=max_accuracy_drop)
     shapes = _shapes(input_shapes) or {}
     workers = workers or min(os.cpu_count() or 1, 2)
     config = EvaluatorConfig(
@@ -187,15 +202,28 @@ def compress(
         metric=metric, eval_samples=eval_samples, calib_samples=calib_samples, seed=seed, recovery=recovery,
     )
     evaluator = config()
+    evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
     search_space = make_space(evaluator, kind=space)
-    out = pathlib.Path(str(outdir))
-    out.mkdir(parents=True, exist_ok=True)
+    out, created = prepare_outdir(outdir)
     sconfig = SearchConfig(objectives=tuple(objectives), population=population, generations=generations,
                            max_evaluations=max_evaluations, time_budget_s=time_budget_s,
                            max_accuracy_drop=max_accuracy_drop, workers=workers, resume=resume)
-    with ResultStore.in_dir(out) as store:
-        result = run_search(search_space, config, sconfig, store, progress=progress, seed=seed)
-    entries = export_front(result, evaluator, out, extra_points=extra_points)
+    try:
+        with locked(out):
+            check_front_owner(out, evaluator, overwrite=overwrite)
+            with ResultStore.in_dir(out, resume=resume) as store:
+                result = run_search(search_space, config, sconfig, store, progress=progress, seed=seed)
+            entries = export_front(result, evaluator, out, extra_points=extra_points)
+    except EmomcError as exc:
+        from emomc_onnx.errors import DiskFullError
+        from emomc_onnx.paths import discard_new_outdir
+
+        if created and not isinstance(exc, DiskFullError) and not (out / "front.json").exists():
+            with ResultStore.in_dir(out) as store:
+                empty = store.total() == 0
+            if empty:
+                discard_new_outdir(out)
+        raise
     return result, entries, evaluator
 
 
@@ -237,6 +265,20 @@ def sensitivity(
     return report
 
 
+def _check_run_args(*, seed: int, eval_samples: int, calib_samples: int, max_accuracy_drop) -> None:
+    """Refuse compress settings no run can use (the CLI's option types check them too)."""
+    import math
+
+    if not 0 <= seed < 2**32:
+        raise EmomcError(f"--seed {seed}: must be in 0..{2**32 - 1}")
+    if eval_samples < 1:
+        raise EmomcError(f"--eval-samples {eval_samples}: must be >= 1")
+    if calib_samples < 1:
+        raise EmomcError(f"--calib-samples {calib_samples}: must be >= 1 (calibration needs samples)")
+    if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
+        raise EmomcError(f"--max-accuracy-drop {max_accuracy_drop}: must be a finite number >= 0")
+
+
 def select(outdir, *, max_energy=None, max_size_bits=None, min_accuracy=None, prefer="energy"):
     """The best front member of a compress run that fits the limits (or None)."""
     from emomc_onnx.export.select import select as _select
@@ -261,8 +303,11 @@ def quantize(
     from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
     from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
 
+    check_output_file(output)
     if data is None:
         raise EmomcError("quantize needs calibration data: --data FILE.npz")
+    if calib_samples < 1:
+        raise EmomcError(f"--calib-samples {calib_samples}: must be >= 1")
     loaded = load(model, input_shapes)
     analysis = _analyze(loaded.model)
     proto = loaded.proto()

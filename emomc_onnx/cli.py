@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -22,6 +24,17 @@ __all__ = ["main"]
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 300)
 
+RESUME_HINT = "run the same command again to resume (--resume is the default; nothing is re-evaluated)"
+
+
+def _error(message: str, code: int = 2) -> None:
+    """Print one ``error:`` line (newlines folded) and exit."""
+    from rich.markup import escape
+
+    text = " ".join(str(message).split())
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
 
 def _handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
@@ -29,13 +42,96 @@ def _handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except EmomcError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            detail = getattr(exc, "detail", "")
+            if detail and logging.getLogger().isEnabledFor(logging.INFO):  # -v: the user code's traceback
+                err_console.print(detail.rstrip(), highlight=False, markup=False, soft_wrap=True)
+            _error(str(exc))
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            hint = ""
+            if fn.__name__ == "compress":
+                hint = f": candidates evaluated so far are in {kwargs.get('outdir')}/results.sqlite; {RESUME_HINT}"
+            err_console.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)
             sys.exit(130)
 
     return wrapper
+
+
+class _Group(click.Group):
+    """A click group whose usage errors are one ``error:`` line (exit 2), like ours."""
+
+    def main(self, *args, **kwargs):  # noqa: D102 - click's entry point
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            err_console.print("interrupted", highlight=False)
+            sys.exit(130)
+        except click.UsageError as exc:
+            ctx = exc.ctx
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _error(f"{exc.format_message()}{where}")
+        except click.ClickException as exc:
+            _error(exc.format_message())
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        sys.exit(0)
+
+
+class _Finite(click.ParamType):
+    """A finite float (no nan, no inf), optionally bounded."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False) -> None:
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            v = value
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        lo_bad = self.min is not None and (v <= self.min if self.min_open else v < self.min)
+        hi_bad = self.max is not None and (v >= self.max if self.max_open else v > self.max)
+        if lo_bad or hi_bad:
+            lo = "" if self.min is None else f"{'>' if self.min_open else '>='} {self.min:g}"
+            hi = "" if self.max is None else f"{'<' if self.max_open else '<='} {self.max:g}"
+            self.fail(f"{value!r}: must be {' and '.join(x for x in (lo, hi) if x)}", param, ctx)
+        return v
+
+
+class _Size(click.ParamType):
+    """A size in bits: a bare number is bits; units b/bit, B, kB/KiB, MB/MiB, GB/GiB are accepted."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        from emomc_onnx.units import parse_size_bits
+
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_size_bits(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _input_shapes_cb(ctx, param, value: tuple[str, ...]) -> tuple[str, ...]:
+    from emomc_onnx.units import check_input_shape
+
+    for spec in value:
+        try:
+            check_input_shape(spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return value
 
 
 def _model_arg(model: str | None, demo: bool) -> str:
@@ -58,11 +154,13 @@ def _data_arg(data: str | None, demo: bool) -> str | None:
 
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D0,D1,...",
-    help="Fix a dynamic input shape for analysis and costing (repeatable).",
+    callback=_input_shapes_cb,
+    help="Fix a dynamic input shape for analysis and costing (repeatable; each dimension 1..2^20, "
+         "at most 2^31 elements).",
 )
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="emomc-onnx")
 def main(verbose: int) -> None:
@@ -89,20 +187,29 @@ def inspect(model: str | None, demo: bool, as_json: bool, input_shapes: tuple[st
         render_analysis(analysis, console)
 
 
-@main.command()
+CALIB_HELP = "Calibration samples taken from --data (at least 1)."
+DATA_HELP = ".npz with one array per model input, named as the input (+ optional 'labels')."
+
+
+@main.command(short_help="Prune channels and/or zero weights with one uniform plan.")
 @click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
-@click.option("--ratio", type=float, default=None, help="Fraction of channels removed from every prunable group.")
-@click.option("--sparsity", type=float, default=None, help="Fraction of weights zeroed per layer (fine-grained).")
+@click.option("--ratio", type=_Finite(0.0, 1.0, max_open=True), default=None,
+              help="Fraction of channels removed from every prunable group, in [0, 1).")
+@click.option("--sparsity", type=_Finite(0.0, 1.0, max_open=True), default=None,
+              help="Fraction of weights zeroed per layer (fine-grained), in [0, 1).")
 @click.option("--pattern", type=click.Choice(["unstructured", "nm", "block"]), default="unstructured",
               show_default=True, help="Fine-grained sparsity pattern.")
-@click.option("--criterion", type=click.Choice(["l1", "l2", "activation"]), default="l1", show_default=True)
+@click.option("--criterion", type=click.Choice(["l1", "l2", "activation"]), default="l1", show_default=True,
+              help="Channel importance: weight L1/L2 norm, or mean |activation| on --data.")
 @click.option("--recovery", type=click.Choice(["none", "bias", "lsq"]), default="none", show_default=True,
               help="Training-free recovery (needs --data); lsq also re-fits the weights --sparsity leaves.")
-@click.option("--multiple", type=int, default=8, show_default=True, help="Channel multiple kept per group.")
-@click.option("--data", type=click.Path(), default=None, help=".npz with one array per model input (+ labels).")
-@click.option("--calib-samples", type=int, default=256, show_default=True)
-@click.option("-o", "--output", type=click.Path(), required=True, help="Output .onnx path.")
+@click.option("--multiple", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Channels kept per group are a multiple of this (>= 1).")
+@click.option("--data", type=click.Path(), default=None, help=DATA_HELP)
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True, help=CALIB_HELP)
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="Output .onnx path (its directory must exist).")
 @input_shape_option
 @_handle_errors
 def prune(model, demo, ratio, sparsity, pattern, criterion, recovery, multiple, data, calib_samples,
@@ -122,17 +229,34 @@ def prune(model, demo, ratio, sparsity, pattern, criterion, recovery, multiple, 
     render_before_after(summary, console)
 
 
-@main.command()
+class _BitsChoice(click.Choice):
+    """The bit widths the quantizer supports, read from it when first needed (keeps --help fast)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.case_sensitive = True
+
+    @property
+    def choices(self):  # noqa: D102
+        from emomc_onnx.passes import quantize
+
+        return [str(v) for v in getattr(quantize, self._name)]
+
+
+@main.command(short_help="Quantize to QDQ with one uniform bit width.")
 @click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
-@click.option("--wbits", type=click.IntRange(2, 16), default=8, show_default=True)
-@click.option("--abits", type=click.IntRange(4, 16), default=8, show_default=True)
-@click.option("--data", type=click.Path(), default=None, help="Calibration .npz (one array per input).")
+@click.option("--wbits", type=_BitsChoice("WEIGHT_BITS"), default="8", show_default=True,
+              help="Weight bits (16 keeps 16-bit integer weights).")
+@click.option("--abits", type=_BitsChoice("ACTIVATION_BITS"), default="8", show_default=True,
+              help="Activation bits (16 keeps activations float).")
+@click.option("--data", type=click.Path(), default=None, help="Calibration " + DATA_HELP)
 @click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
-              show_default=True)
+              show_default=True, help="Activation range calibration method (ONNX Runtime's calibrators).")
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default per output channel).")
-@click.option("--calib-samples", type=int, default=256, show_default=True)
-@click.option("-o", "--output", type=click.Path(), required=True)
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True, help=CALIB_HELP)
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="Output .onnx path (its directory must exist).")
 @input_shape_option
 @_handle_errors
 def quantize(model, demo, wbits, abits, data, calibration, per_tensor, calib_samples, output,
@@ -141,13 +265,13 @@ def quantize(model, demo, wbits, abits, data, calibration, per_tensor, calib_sam
     from emomc_onnx import api
     from emomc_onnx.report import render_before_after
 
-    summary = api.quantize(_model_arg(model, demo), output, wbits=wbits, abits=abits,
+    summary = api.quantize(_model_arg(model, demo), output, wbits=int(wbits), abits=int(abits),
                            data=_data_arg(data, demo), calibration=calibration, per_tensor=per_tensor,
                            calib_samples=calib_samples, input_shapes=input_shapes)
     render_before_after(summary, console)
 
 
-@main.command()
+@main.command(short_help="Energy and coded size of MODEL on a hardware profile.")
 @click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model.")
 @click.option("--profile", "profile_name", default="eyeriss", show_default=True,
@@ -176,53 +300,74 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
         render(result, console)
 
 
-@main.command()
+@main.command(short_help="Search the accuracy/energy/size Pareto front; write it as ONNX.")
 @click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
 @click.option("--profile", "profile_name", default="eyeriss", show_default=True,
               help="Hardware profile: a shipped name or a YAML path.")
-@click.option("--data", type=click.Path(), default=None, help=".npz with one array per model input (+ labels).")
+@click.option("--data", type=click.Path(), default=None, help=DATA_HELP)
 @click.option("-o", "--output", "outdir", type=click.Path(), default="emomc_out", show_default=True,
-              help="Output directory.")
+              help="Output directory (created with its parents if missing, with a .gitignore holding '*').")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a front in OUTDIR that another model, profile or setting produced.")
 @click.option("--space", type=click.Choice(["full", "emomc"]), default="full", show_default=True,
               help="Search space: ours, or the paper's (one global density, one bit width per layer).")
-@click.option("--objectives", default="error,energy,size", show_default=True)
-@click.option("--max-accuracy-drop", type=float, default=None, help="Constraint, in points.")
-@click.option("--generations", type=int, default=6, show_default=True, help="Generations per stage.")
-@click.option("--population", type=int, default=16, show_default=True)
-@click.option("--max-evaluations", type=int, default=None)
-@click.option("--time-budget", type=float, default=None, help="Seconds for the whole search.")
-@click.option("--eval-samples", type=int, default=1000, show_default=True)
-@click.option("--calib-samples", type=int, default=256, show_default=True)
-@click.option("--metric", default=None, help="accuracy | agreement | sqnr | cosine | module:function")
-@click.option("--dataflow", default=None)
-@click.option("--coding", default=None)
-@click.option("--workers", type=int, default=None, help="Evaluation processes (default: all cores).")
+@click.option("--objectives", default="error,energy,size", show_default=True,
+              help="Minimised objectives, comma-separated: two or three of error, energy, size.")
+@click.option("--max-accuracy-drop", type=_Finite(0.0), default=None,
+              help="Constraint: at most this many points below the original model's metric.")
+@click.option("--generations", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Generations per stage.")
+@click.option("--population", type=click.IntRange(min=2), default=16, show_default=True,
+              help="NSGA-II population size.")
+@click.option("--max-evaluations", type=click.IntRange(min=2), default=None,
+              help="Total candidates for the run (default: no limit but the generations).")
+@click.option("--time-budget", type=_Finite(0.0, min_open=True), default=None,
+              help="Seconds for the whole search.")
+@click.option("--eval-samples", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Samples each candidate is measured on during the search (the front: on all).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Calibration samples (disjoint from evaluation; at most a quarter of --data).")
+@click.option("--metric", default=None,
+              help="accuracy | agreement | sqnr | cosine | module:function (default: accuracy with "
+                   "labels, else agreement).")
+@click.option("--dataflow", default=None, help="Dataflow of the profile (default: its first).")
+@click.option("--coding", default=None, help="Weight coding scheme (default: the profile's first; auto = best per layer).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Evaluation processes (default: 2, or 1 on a single-core machine).")
 @click.option("--recovery", type=click.Choice(["none", "bias", "lsq"]), default="lsq", show_default=True,
               help="Training-free recovery of pruned candidates.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse candidates already evaluated in OUTDIR/results.sqlite.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
+              help="Seed of the whole run (same seed, same front).")
 @input_shape_option
 @_handle_errors
-def compress(model, demo, profile_name, data, outdir, space, objectives, max_accuracy_drop, generations,
-             population, max_evaluations, time_budget, eval_samples, calib_samples, metric, dataflow,
-             coding, workers, recovery, resume, seed, input_shapes) -> None:
+def compress(model, demo, profile_name, data, outdir, overwrite, space, objectives, max_accuracy_drop,
+             generations, population, max_evaluations, time_budget, eval_samples, calib_samples, metric,
+             dataflow, coding, workers, recovery, resume, seed, input_shapes) -> None:
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
+    from emomc_onnx.errors import DiskFullError
     from emomc_onnx.export.report import render_summary
     from emomc_onnx.progress import SearchProgress
 
     objs = tuple(o.strip() for o in objectives.split(",") if o.strip())
-    with SearchProgress(console) as bar:
-        result, entries, _ = api.compress(
-            _model_arg(model, demo), outdir, profile_name=profile_name, data=_data_arg(data, demo),
-            space=space, objectives=objs, max_accuracy_drop=max_accuracy_drop, generations=generations,
-            population=population, max_evaluations=max_evaluations, time_budget_s=time_budget,
-            eval_samples=eval_samples, calib_samples=calib_samples, metric=metric, dataflow=dataflow,
-            coding=coding, workers=workers, resume=resume, seed=seed, input_shapes=input_shapes,
-            progress=bar.update, recovery=recovery,
-        )
+    existed = os.path.isdir(outdir) if outdir.strip() else True
+    try:
+        with SearchProgress(console) as bar:
+            result, entries, _ = api.compress(
+                _model_arg(model, demo), outdir, profile_name=profile_name, data=_data_arg(data, demo),
+                space=space, objectives=objs, max_accuracy_drop=max_accuracy_drop, generations=generations,
+                population=population, max_evaluations=max_evaluations, time_budget_s=time_budget,
+                eval_samples=eval_samples, calib_samples=calib_samples, metric=metric, dataflow=dataflow,
+                coding=coding, workers=workers, resume=resume, seed=seed, input_shapes=input_shapes,
+                progress=bar.update, recovery=recovery, overwrite=overwrite,
+            )
+    except DiskFullError as exc:
+        raise DiskFullError(f"{exc}; the run is resumable: free some space, then {RESUME_HINT}") from None
+    if not existed:
+        console.print(f"created {outdir}/ (with parent folders as needed, and a .gitignore holding '*')")
     render_summary(entries, console, baseline=result.baseline)
     for kind, f in result.failures().items():
         if f["candidates"] and f["failed"] == f["candidates"]:
@@ -232,12 +377,13 @@ def compress(model, demo, profile_name, data, outdir, space, objectives, max_acc
         elif f["failed"]:
             logging.getLogger("emomc_onnx").warning("%d of %d %s candidates failed; most common reason: %s",
                                                     f["failed"], f["candidates"], kind, f["reason"])
-    console.print(
-        f"{result.n_evaluations} candidates ({result.n_fresh} evaluated, {result.n_cached} from the store) "
-        f"in {result.elapsed_s:.1f} s; front hypervolume {result.front_hv:.4f}"
-        + (" [yellow](interrupted: partial front)[/]" if result.interrupted else ""))
+    console.print(result.counts_line())
     console.print(f"wrote {outdir}/front/ ({len(entries)} models), front.json, front.csv, pareto.png, "
                   f"convergence.png, results.sqlite")
+    if result.interrupted:
+        err_console.print(f"interrupted: the front above is partial; {RESUME_HINT}", highlight=False,
+                          soft_wrap=True)
+        sys.exit(130)
 
 
 def _settings(spec: str | None, kind: str, cast):
@@ -249,7 +395,7 @@ def _settings(spec: str | None, kind: str, cast):
         raise EmomcError(f"--{kind} {spec!r}: expected comma-separated numbers") from None
 
 
-@main.command()
+@main.command(short_help="Per-layer sensitivity: the drop of each single change.")
 @click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model and data.")
 @click.option("--profile", "profile_name", default="eyeriss", show_default=True,
@@ -257,14 +403,16 @@ def _settings(spec: str | None, kind: str, cast):
 @click.option("--data", type=click.Path(), default=None, help=".npz with one array per model input (+ labels).")
 @click.option("-o", "--output", "outdir", type=click.Path(), default="emomc_out", show_default=True,
               help="Output directory (sensitivity.json, sensitivity.png, results.sqlite).")
-@click.option("--eval-samples", type=int, default=500, show_default=True, help="Search samples each change is measured on.")
-@click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration samples.")
+@click.option("--eval-samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Search samples each change is measured on.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True, help=CALIB_HELP)
 @click.option("--metric", default=None, help="accuracy | agreement | sqnr | cosine | module:function")
 @click.option("--wbits", default=None, help="Weight widths to try, e.g. 2,3,4,6,8 (empty: skip).")
 @click.option("--abits", default=None, help="Activation widths to try, e.g. 4,6,8 (empty: skip).")
 @click.option("--densities", default=None, help="Weight densities to try, e.g. 0.2,0.4,0.6,0.8 (empty: skip).")
 @click.option("--keep", default=None, help="Channel keep ratios per group, e.g. 0.25,0.5,0.75 (empty: skip).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
+              help="Seed of the data split.")
 @input_shape_option
 @_handle_errors
 def sensitivity(model, demo, profile_name, data, outdir, eval_samples, calib_samples, metric, wbits, abits,
@@ -290,34 +438,36 @@ def sensitivity(model, demo, profile_name, data, outdir, eval_samples, calib_sam
                   f"{outdir}/sensitivity.png")
 
 
-@main.command()
+@main.command(short_help="Pick the front member of OUTDIR that fits a device.")
 @click.argument("outdir", type=click.Path())
-@click.option("--max-energy", type=float, default=None, help="In the profile's energy unit (see front.json).")
-@click.option("--max-size", "max_size", type=float, default=None, help="Coded size limit in bits.")
+@click.option("--max-energy", type=_Finite(0.0), default=None,
+              help="Energy limit per sample, in the unit front.json records (units.energy; the profile's).")
+@click.option("--max-size", "max_size", type=_Size(), default=None,
+              help="Coded size limit: 200KiB, 1.5MB, 4096B, ... (a bare number is bits).")
 @click.option("--min-accuracy", type=float, default=None, help="Minimum metric on the full data (0..1).")
-@click.option("--prefer", type=click.Choice(["energy", "size", "accuracy"]), default="energy", show_default=True)
-@click.option("-o", "--output", type=click.Path(), default=None, help="Copy the chosen model here.")
+@click.option("--prefer", type=click.Choice(["energy", "size", "accuracy"]), default="energy", show_default=True,
+              help="Among the members that fit: lowest energy, smallest, or most accurate.")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Copy the chosen model to this file (its directory must exist).")
 @_handle_errors
 def select(outdir, max_energy, max_size, min_accuracy, prefer, output) -> None:
     """Pick the best front member of OUTDIR that fits a device; exit code 1 if none fits."""
-    import shutil
-
     from emomc_onnx import api
+    from emomc_onnx.export.select import member_path
+    from emomc_onnx.paths import atomic_write_bytes, check_output_file
 
+    if output is not None:
+        check_output_file(output)
     entry = api.select(outdir, max_energy=max_energy, max_size_bits=max_size, min_accuracy=min_accuracy,
                        prefer=prefer)
     if entry is None:
         err_console.print("no front member fits these limits")
         sys.exit(1)
-    src = entry.path(outdir)
+    src = member_path(outdir, entry)
     console.print(f"selected {src.name}: accuracy {entry.accuracy:.4f}, energy {entry.energy:.4g}, "
                   f"size {entry.size_bits / 8 / 1024:.1f} KiB")
     if output:
-        tmp = f"{output}.tmp"
-        shutil.copyfile(src, tmp)
-        import os
-
-        os.replace(tmp, output)
+        atomic_write_bytes(output, src.read_bytes())
         console.print(f"wrote {output}")
 
 

@@ -13,6 +13,10 @@ __all__ = [
     "DataError",
     "UnsupportedOpError",
     "PlanError",
+    "OutputError",
+    "StoreError",
+    "MetricError",
+    "DiskFullError",
 ]
 
 
@@ -38,3 +42,30 @@ class UnsupportedOpError(EmomcError):
 
 class PlanError(EmomcError):
     """A pruning/quantization plan is invalid for this model."""
+
+
+class OutputError(EmomcError):
+    """An output path cannot be written (bad -o, a directory in use, disk full)."""
+
+
+class StoreError(EmomcError):
+    """The result store (results.sqlite) cannot be read or written."""
+
+
+class MetricError(DataError):
+    """A user metric function (--metric module:function) raised or exited.
+
+    ``detail`` holds the user function's traceback (printed by the CLI with -v); both travel
+    back from worker processes (pickled as the exception's args).
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message, detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DiskFullError(OutputError):
+    """The disk refused a write (full, over a file-size limit, read-only); the run can resume."""

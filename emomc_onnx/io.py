@@ -495,9 +495,15 @@ def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) 
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     large = proto.ByteSize() > 2**31 - 1 if proto.ByteSize() < 2**31 - 1 else True
-    if large:
-        onnx.save(proto, str(tmp), save_as_external_data=True, location=p.name + ".data")
-    else:
-        tmp.write_bytes(proto.SerializeToString())
-    os.replace(tmp, p)
+    try:
+        if large:
+            onnx.save(proto, str(tmp), save_as_external_data=True, location=p.name + ".data")
+        else:
+            tmp.write_bytes(proto.SerializeToString(deterministic=True))
+        os.replace(tmp, p)
+    except OSError as exc:  # a directory at p, a full disk, an unwritable place: no temp file left
+        tmp.unlink(missing_ok=True)
+        from emomc_onnx.paths import output_error
+
+        raise output_error(p, exc) from None
     return p

@@ -13,9 +13,9 @@ class SearchProgress:
 
     def __init__(self, console: Console) -> None:
         self._progress = Progress(
-            TextColumn("[bold]stage {task.fields[stage]}[/] gen {task.fields[gen]}"),
+            TextColumn("[bold]{task.fields[what]}[/]"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} evals"),
+            TextColumn("{task.fields[evals]}"),
             TextColumn("{task.fields[best]}"),
             TextColumn("HV {task.fields[hv]}"),
             TimeElapsedColumn(),
@@ -26,7 +26,8 @@ class SearchProgress:
 
     def __enter__(self) -> SearchProgress:
         self._progress.__enter__()
-        self._task = self._progress.add_task("search", total=None, stage="-", gen="-", best="", hv="-")
+        self._task = self._progress.add_task("search", total=None, what="starting", evals="", best="",
+                                             hv="-")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -34,8 +35,16 @@ class SearchProgress:
 
     def update(self, event) -> None:
         best = ", ".join(f"{k} {v:.4g}" for k, v in (event.best or {}).items())
+        if event.phase == "search":
+            what = f"stage {event.stage} gen {event.generation + 1}/{event.generations}"
+        elif event.phase == "front":
+            what = "front: measuring on all samples"
+        else:
+            what = "done"
+        total = event.max_evaluations
+        evals = (f"{event.n_evaluations}/{total} candidates" if total is not None
+                 else f"{event.n_evaluations} candidates")
         self._progress.update(
-            self._task, completed=event.n_evaluations, total=event.max_evaluations,
-            stage=f"{event.stage}" if event.phase == "search" else event.phase,
-            gen=f"{event.generation}/{event.generations}", best=best, hv=f"{event.hv:.4f}",
+            self._task, completed=event.n_evaluations, total=total, what=what, evals=evals,
+            best=best, hv=f"{event.hv:.4f}",
         )

@@ -209,6 +209,8 @@ class _Ctx:
         if isinstance(obj, bool) or not ok:
             kind = "an integer" if integer else "a number"
             raise self.fail(path, f"must be {kind}, got {type(obj).__name__} {obj!r}")
+        if obj != obj or obj in (float("inf"), float("-inf")):  # .nan / .inf in YAML
+            raise self.fail(path, f"must be a finite number, got {obj!r}")
         if minimum is not None and obj < minimum:
             raise self.fail(path, f"must be >= {minimum:g}")
         return obj

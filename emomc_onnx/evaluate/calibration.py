@@ -144,6 +144,10 @@ def calibrate(
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
+    from emomc_onnx.evaluate.session import check_runtime_opset
+
+    check_runtime_opset(model)
+
     if method not in METHODS:
         raise DataError(f"calibration method {method!r}: expected one of {', '.join(METHODS)}")
     if batch_size < 1:

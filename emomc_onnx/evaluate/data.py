@@ -85,6 +85,15 @@ class Dataset:
             arr = self.arrays[spec.name]
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise DataError(f"{self.source}: array {spec.name!r} has non-numeric dtype {arr.dtype}")
+            if np.iscomplexobj(arr) and not np.issubdtype(spec.dtype, np.complexfloating):
+                raise DataError(f"{self.source}: array {spec.name!r} is complex ({arr.dtype}); model input "
+                                f"needs {spec.dtype} (casting would drop the imaginary part)")
+            if np.issubdtype(arr.dtype, np.inexact):
+                bad = ~np.isfinite(arr)
+                if bad.any():
+                    first = int(np.argwhere(bad.reshape(len(arr), -1).any(axis=1))[0, 0])
+                    raise DataError(f"{self.source}: array {spec.name!r} holds {int(bad.sum())} NaN/Inf "
+                                    f"values (first in sample {first}); clean the data first")
             if arr.ndim != len(spec.shape):
                 raise DataError(f"{self.source}: array {spec.name!r} has rank {arr.ndim} "
                                 f"{tuple(arr.shape)}, model input needs rank {len(spec.shape)} {spec.shape}")
@@ -116,6 +125,9 @@ class Dataset:
             raise DataError(f"{self.source}: sample counts must be >= 0 (calib={calib}, eval={eval})")
         if calib > n:
             raise DataError(f"{self.source}: {calib} calibration samples asked, the file has {n}")
+        if eval is None and calib >= n:
+            raise DataError(f"{self.source}: {n} sample{'s' if n != 1 else ''}; at least {calib + 1} needed "
+                            f"({calib} for calibration, at least 1 for evaluation)")
         perm = np.random.default_rng(seed).permutation(n)
         rest = perm[calib:]
         if eval is not None:
@@ -162,6 +174,9 @@ def load_data(path: str | os.PathLike[str]) -> Dataset:
     for key, arr in arrays.items():
         if arr.ndim == 0:
             raise DataError(f"{p}: array {key!r} is a scalar; axis 0 must index samples")
+        if len(arr) == 0:
+            raise DataError(f"{p}: array {key!r} holds 0 samples; at least 1 is needed (2 for compress: "
+                            "1 calibration + 1 evaluation)")
     if labels is not None:
         labels = _labels(labels, p)
     return Dataset(arrays, labels, str(p))
@@ -179,11 +194,16 @@ def _labels(labels: np.ndarray, path: pathlib.Path) -> np.ndarray:
     if labels.ndim != 1:
         raise DataError(f"{path}: array 'labels' has shape {labels.shape}; need one class index per sample")
     if np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
-        return labels.astype(np.int64)
-    if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) \
+        out = labels.astype(np.int64)
+    elif np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) \
             and np.array_equal(labels, np.round(labels)):
-        return labels.astype(np.int64)
-    raise DataError(f"{path}: array 'labels' is {labels.dtype}; need integer class indices")
+        out = labels.astype(np.int64)
+    else:
+        raise DataError(f"{path}: array 'labels' is {labels.dtype}; need integer class indices")
+    if len(out) and out.min() < 0:
+        raise DataError(f"{path}: array 'labels' holds {int(out.min())} at sample "
+                        f"{int(np.argmin(out))}; class indices start at 0")
+    return out
 
 
 def synthetic_data(model: onnx.ModelProto, n: int, seed: int = 0,

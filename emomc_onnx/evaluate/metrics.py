@@ -21,11 +21,12 @@ import logging
 import os
 import pathlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from emomc_onnx.errors import DataError
+from emomc_onnx.errors import DataError, MetricError
 
 __all__ = [
     "BUILTIN",
@@ -59,9 +60,15 @@ def top1_accuracy(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]
     """Fraction of samples whose arg-max of the first output equals the label."""
     if labels is None:
         raise DataError("metric 'accuracy' needs 'labels' in the data file")
-    pred = _rows(outputs[0]).argmax(1)
+    scores = _rows(outputs[0])
+    pred = scores.argmax(1)
     labels = np.asarray(labels).reshape(-1)
     _same_len(pred, labels, "'labels'")
+    n_classes = scores.shape[1]
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        bad = labels.max() if labels.max() >= n_classes else labels.min()
+        raise DataError(f"'labels' holds class {int(bad)}, outside the model's {n_classes} classes "
+                        f"(0..{n_classes - 1} on its first output)")
     return float((pred == labels).mean()) if len(pred) else 0.0
 
 
@@ -132,14 +139,22 @@ class Metric:
 
     def __call__(self, outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
                  labels: np.ndarray | None) -> float:
-        try:
+        if self.name in BUILTIN:
             value = float(self.fn(outputs, reference, labels))
-        except (TypeError, ValueError) as exc:
-            if self.name in BUILTIN:
-                raise
-            raise DataError(f"metric {self.name}: did not return a number ({exc})") from None
+        else:  # the user's code: whatever it raises (or exits with) is one line, never our crash
+            try:
+                raw = self.fn(outputs, reference, labels)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported, not hidden
+                what = (f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                        else f"raised {type(exc).__name__}: {_first_line(exc)}")
+                raise MetricError(f"--metric {self.name} {what} (run with -v for its traceback)",
+                                  traceback.format_exc()) from None
+            try:
+                value = float(raw)
+            except (TypeError, ValueError) as exc:
+                raise MetricError(f"--metric {self.name}: did not return a number ({exc})") from None
         if value != value:  # NaN
-            raise DataError(f"metric {self.name}: returned NaN")
+            raise MetricError(f"--metric {self.name}: returned NaN")
         return value
 
     def error(self, value: float) -> float:
@@ -204,3 +219,8 @@ def _import(mod_name: str, spec: str):
         raise DataError(f"--metric {spec!r}: cannot import module {mod_name!r} "
                         f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
                         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "")[:200]

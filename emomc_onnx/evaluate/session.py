@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 
 import numpy as np
 import onnx
@@ -11,7 +13,7 @@ import onnxruntime as ort
 
 from emomc_onnx.errors import DataError, ModelError
 
-__all__ = ["make_session", "run_batched", "run_feed"]
+__all__ = ["check_runtime_opset", "make_session", "run_batched", "run_feed"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,52 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], thread
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
+        why = _opset_text(str(exc))
+        if why is not None:
+            raise ModelError(f"{name}: {why}") from None
         raise ModelError(f"ONNX Runtime cannot load {name}: {_first_line(exc)}") from None
+
+
+def _opset_text(text: str) -> str | None:
+    """'opset N is newer than ONNX Runtime supports (till opset M): re-export' from ORT's message."""
+    dev = re.search(r"Opset (\d+) is under development", text)
+    if dev is None:
+        return None
+    till = re.search(r"till opset (\d+)", text)
+    limit = f" (it supports opset <= {till.group(1)}); re-export the model with opset {till.group(1)} or older" \
+        if till else "; re-export the model with an older opset"
+    return f"opset {dev.group(1)} is newer than ONNX Runtime {ort.__version__} supports{limit}"
+
+
+def check_runtime_opset(model: onnx.ModelProto, where: str = "the model") -> None:
+    """Refuse a model whose opsets this ONNX Runtime cannot load, before any work on it.
+
+    Tries a one-node model with the same opset imports (cached), so the error names the
+    opset instead of surfacing from deep inside calibration.
+    """
+    opsets = tuple(sorted((o.domain if o.domain != "ai.onnx" else "", o.version) for o in model.opset_import
+                          if o.domain in ("", "ai.onnx")))
+    why = _opset_refused(opsets, int(model.ir_version))
+    if why is not None:
+        raise ModelError(f"{where}: {_opset_text(why) or why}")
+
+
+@functools.lru_cache(maxsize=16)
+def _opset_refused(opsets: tuple[tuple[str, int], ...], ir_version: int) -> str | None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "opset_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    probe.ir_version = ir_version
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any refusal is the answer
+        return str(exc)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

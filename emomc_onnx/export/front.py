@@ -14,18 +14,18 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from emomc_onnx.paths import atomic_write_bytes
 from emomc_onnx.search.driver import SearchResult
 from emomc_onnx.search.evaluator import Evaluation, Evaluator, to_jsonable
 
-__all__ = ["FrontEntry", "export_front", "atomic_write_bytes", "FRONT_JSON", "FRONT_CSV",
-           "FRONT_DIR"]
+__all__ = ["FrontEntry", "export_front", "atomic_write_bytes", "check_front_owner", "canonical_bytes",
+           "run_metadata", "FRONT_JSON", "FRONT_CSV", "FRONT_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +95,6 @@ class FrontEntry:
         return Path(outdir) / self.file
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _file_name(rank: int, acc: float, ef: float, sf: float) -> str:
     return f"rank{rank:02d}_acc{100 * acc:.2f}_e{ef:.2f}x_s{sf:.2f}x.onnx"
 
@@ -159,7 +143,7 @@ def export_front(
                       "emomc.metric_full": repr(float(ev.metric)),
                       "emomc.fingerprint": result.fingerprint})
         onnx.helper.set_model_props(model, props)
-        atomic_write_bytes(fdir / name, model.SerializeToString())
+        atomic_write_bytes(fdir / name, canonical_bytes(model))
         pd = m.plan.to_dict()
         entries.append(FrontEntry(
             rank=rank, file=f"{FRONT_DIR}/{name}", key=m.key,
@@ -179,6 +163,7 @@ def export_front(
         "version": 1,
         "fingerprint": result.fingerprint,
         "seed": result.seed,
+        **run_metadata(evaluator, base),
         "config": result.config.to_dict(),
         "space": {"kind": result.space.kind, "groups": len(result.space.groups),
                   "layers": len(result.space.layers)},
@@ -208,6 +193,104 @@ def export_front(
         plot_convergence(result.history, out / "convergence.png")
     logger.info("exported %d front members to %s", len(entries), out)
     return entries
+
+
+def canonical_bytes(model: onnx.ModelProto) -> bytes:
+    """The model's bytes with every order-free list sorted: same model, same bytes.
+
+    Initializers, value_info and metadata_props are sets to ONNX Runtime; builds that reach
+    the same model through different cache or dict orders thus give identical files.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = sorted(g.initializer, key=lambda t: t.name)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    vis = sorted(g.value_info, key=lambda v: v.name)
+    del g.value_info[:]
+    g.value_info.extend(vis)
+    props = sorted(m.metadata_props, key=lambda p: p.key)
+    del m.metadata_props[:]
+    m.metadata_props.extend(props)
+    return m.SerializeToString(deterministic=True)
+
+
+def run_metadata(evaluator: Any, baseline: Evaluation | None = None) -> dict[str, Any]:
+    """What produced a front (model, data, profile, dataflow, coding, metric) and its units.
+
+    ``units.energy`` is the unit of every ``energy`` figure (``select --max-energy``),
+    ``units.size_bits`` of every size; recorded so front.json is read without the profile.
+    """
+    cfg = getattr(evaluator, "config", None)
+    prof = getattr(evaluator, "profile", None)
+    loaded = getattr(evaluator, "loaded", None)
+    extra = dict(getattr(baseline, "extra", None) or {})
+    metric = getattr(getattr(evaluator, "metric", None), "name", None)
+    run = {
+        "model": getattr(cfg, "model", None),
+        "model_sha256": getattr(loaded, "sha256", None),
+        "data": getattr(cfg, "data", None),
+        "profile": getattr(prof, "name", getattr(cfg, "profile", None)),
+        "profile_path": getattr(prof, "path", None),
+        "profile_sha256": getattr(prof, "sha256", None),
+        "dataflow": extra.get("dataflow") or getattr(cfg, "dataflow", None),
+        "coding": extra.get("coding") or getattr(cfg, "coding", None),
+        "metric": metric or getattr(cfg, "metric", None),
+        "eval_samples": getattr(cfg, "eval_samples", None),
+        "calib_samples": getattr(cfg, "calib_samples", None),
+        "recovery": getattr(cfg, "recovery", None),
+    }
+    unit = getattr(prof, "energy_unit", None)
+    units = {"energy": f"{unit} per sample" if unit else None, "size_bits": "bits",
+             "macs": "multiply-accumulates per sample"}
+    return {"run": run, "units": units}
+
+
+_OWNER_FIELDS = ("model_sha256", "profile", "profile_sha256", "dataflow", "coding", "metric", "eval_samples",
+                 "calib_samples", "recovery", "seed", "data", "model")
+
+
+def check_front_owner(outdir: str | os.PathLike[str], evaluator: Any, *, overwrite: bool) -> None:
+    """Refuse to replace a front another run wrote (other model, data, profile or settings).
+
+    Same fingerprint: the same run, which resumes. Another one: an OutputError naming what
+    differs, unless ``overwrite``.
+    """
+    from emomc_onnx.errors import OutputError
+
+    path = Path(outdir) / FRONT_JSON
+    if overwrite or not path.is_file():
+        return
+    fp = str(evaluator.fingerprint())
+    try:
+        old = json.loads(path.read_text())
+        old_fp = old["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OutputError(f"{path}: unreadable ({type(exc).__name__}); give --overwrite to replace "
+                          "this front, or another -o") from None
+    if old_fp == fp:
+        return
+    was = old.get("run") if isinstance(old.get("run"), dict) else {}
+    now = run_metadata(evaluator)["run"]
+    now["seed"] = getattr(getattr(evaluator, "config", None), "seed", None)
+    was = {**was, "seed": old.get("seed")}
+    names = {"model_sha256": "model", "profile_sha256": "profile file", "model": "model path",
+             "data": "data path"}
+    diffs = []
+    for k in _OWNER_FIELDS:
+        a, b = was.get(k), now.get(k)
+        if a is None or b is None or a == b:
+            continue
+        if k == "model_sha256":
+            a, b = Path(str(was.get("model"))).name, Path(str(now.get("model"))).name
+            a, b = (a, b) if a != b else (f"{a} (other content)", b)
+        elif k == "profile_sha256" and was.get("profile") != now.get("profile"):
+            continue
+        diffs.append(f"{names.get(k, k)} {a!s:.60} -> {b!s:.60}")
+    what = "; ".join(diffs[:3]) if diffs else "other settings or seed"
+    raise OutputError(f"{outdir} holds the front of another run ({what}): give --overwrite to replace "
+                      "it, or another -o")
 
 
 def _csv(entries: list[FrontEntry]) -> str:

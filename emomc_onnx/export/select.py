@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from emomc_onnx.errors import DataError
-from emomc_onnx.export.front import FRONT_JSON, FrontEntry
+from emomc_onnx.export.front import FRONT_DIR, FRONT_JSON, FrontEntry
 
-__all__ = ["load_front", "select"]
+__all__ = ["load_front", "member_path", "select"]
 
 Prefer = Literal["energy", "size", "accuracy"]
 
@@ -21,6 +22,8 @@ def load_front(outdir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Fro
     Raises:
         DataError: the directory or front.json is missing or malformed.
     """
+    if not os.fspath(outdir).strip():
+        raise DataError("OUTDIR '': give the output directory of a compress run")
     path = Path(outdir) / FRONT_JSON
     if not Path(outdir).is_dir():
         raise DataError(f"{outdir}: no such output directory")
@@ -30,9 +33,55 @@ def load_front(outdir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Fro
         data = json.loads(path.read_text())
         members = data.pop("members")
         entries = [FrontEntry.from_dict(m) for m in members]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DataError(f"{path}: corrupt front file ({type(exc).__name__}: {exc})") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: corrupt front file ({type(exc).__name__}: {exc})") from None
+    for i, e in enumerate(entries):
+        _check_entry(e, i, path)
+        member_path(outdir, e, check_exists=False)
     return data, entries
+
+
+_NUMBERS = ("accuracy", "energy", "size_bits")
+
+
+def _check_entry(e: FrontEntry, i: int, path: Path) -> None:
+    """Refuse a member whose figures are not numbers (a hand-edited or damaged front.json)."""
+    for name in _NUMBERS:
+        v = getattr(e, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DataError(f"{path}: member {i}: {name} is {type(v).__name__} {v!r}, need a finite number")
+    if not isinstance(e.file, str) or not e.file:
+        raise DataError(f"{path}: member {i}: file is {e.file!r}, need a path under {FRONT_DIR}/")
+
+
+def member_path(outdir: str | os.PathLike[str], entry: FrontEntry, *, check_exists: bool = True) -> Path:
+    """The member's ONNX file, which must resolve inside ``OUTDIR/front`` (no ``..``, no absolute
+    path, no symlink out) and, with ``check_exists``, be a regular file.
+
+    Raises:
+        DataError: naming the member's file.
+    """
+    front = (Path(outdir) / FRONT_DIR).resolve()
+    raw = Path(entry.file)
+    p = (Path(outdir) / raw).resolve()
+    if raw.is_absolute() or p.parent != front or p.suffix != ".onnx":
+        raise DataError(f"{Path(outdir) / FRONT_JSON}: member rank {entry.rank} file {entry.file!r} is not "
+                        f"an .onnx file in {Path(outdir) / FRONT_DIR}; refusing it")
+    if check_exists:
+        if not p.exists():
+            raise DataError(f"{Path(outdir) / entry.file}: missing (front.json lists it as rank "
+                            f"{entry.rank}); re-run compress into {outdir} to export the front again")
+        if not p.is_file():
+            raise DataError(f"{Path(outdir) / entry.file}: not a regular file (front.json lists it as "
+                            f"rank {entry.rank})")
+    return p
+
+
+_KEYS = {
+    "energy": lambda e: (e.energy, -e.accuracy, e.size_bits, e.rank),
+    "size": lambda e: (e.size_bits, -e.accuracy, e.energy, e.rank),
+    "accuracy": lambda e: (-e.accuracy, e.energy, e.size_bits, e.rank),
+}
 
 
 def select(
@@ -61,9 +110,8 @@ def select(
             and (min_accuracy is None or e.accuracy >= min_accuracy)]
     if not fits:
         return None
-    keys = {
-        "energy": lambda e: (e.energy, -e.accuracy, e.size_bits, e.rank),
-        "size": lambda e: (e.size_bits, -e.accuracy, e.energy, e.rank),
-        "accuracy": lambda e: (-e.accuracy, e.energy, e.size_bits, e.rank),
-    }
-    return min(fits, key=keys[prefer])
+    # the chosen member must exist: never report a file that is not there
+    best = min(fits, key=_KEYS[prefer])
+    member_path(outdir, best)
+    return best
+

@@ -36,7 +36,7 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.problems.static import StaticProblem
 
-from emomc_onnx.errors import PlanError
+from emomc_onnx.errors import MetricError, PlanError
 from emomc_onnx.search.evaluator import Evaluation, Evaluator, EvaluatorFactory
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import hypervolume, non_dominated
@@ -160,7 +160,8 @@ class FrontMember:
 
 @dataclasses.dataclass(frozen=True)
 class ProgressEvent:
-    """Reported after every generation (and once when the final front is ready)."""
+    """Reported after every generation, when the front's full-data figures start (phase
+    "front") and once the final front is ready (phase "final")."""
 
     stage: int
     generation: int
@@ -195,6 +196,19 @@ class SearchResult:
     elapsed_s: float
     eval_wall_s: float
     eval_seconds: float
+    n_search_fresh: int = 0
+    n_search_cached: int = 0
+    n_full_fresh: int = 0
+    n_full_cached: int = 0
+
+    def counts_line(self) -> str:
+        """What was evaluated, in counts that add up (for the CLI's summary)."""
+        n_full = self.n_full_fresh + self.n_full_cached
+        line = (f"{self.n_evaluations} candidates searched ({self.n_search_fresh} evaluated now, "
+                f"{self.n_search_cached} read from results.sqlite); {n_full} front candidates "
+                f"measured on all samples ({self.n_full_fresh} now, {self.n_full_cached} read), "
+                f"{len(self.front)} kept; {self.elapsed_s:.1f} s; front hypervolume {self.front_hv:.4f}")
+        return line + (" (interrupted: partial front)" if self.interrupted else "")
 
     def failures(self) -> dict[str, dict[str, Any]]:
         """Per kind of candidate (pruned, sparse, quantized): how many the search tried, how
@@ -276,6 +290,8 @@ def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str
                if not math.isfinite(float(getattr(ev, f)))]
         if bad:
             raise ValueError(f"evaluator returned non-finite {', '.join(bad)}")
+    except MetricError:  # the user's metric is broken: stop the run, do not blame the candidate
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure makes the candidate infeasible
         reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:_MAX_REASON]
         logger.debug("candidate %s failed: %s", plan.key(), reason)
@@ -308,6 +324,8 @@ class _Run:
         self.pool: cf.ProcessPoolExecutor | None = None
         self.n_fresh = 0
         self.n_cached = 0
+        self.n_full_fresh = 0
+        self.n_full_cached = 0
         self.evaluator = factory()
         self.fp = str(self.evaluator.fingerprint())
         cached = store.get_baseline(self.fp) if config.resume else None
@@ -373,10 +391,12 @@ class _Run:
         todo: list[CompressionPlan] = []
         for c in cands:
             if c.key in self.full:
+                self.n_full_cached += 1
                 continue
             sc = self.store.get(self.fp, c.key) if self.config.resume else None
             if sc is not None and (sc.full is not None or sc.reason_full is not None):
                 self.full[c.key] = (sc.full, sc.reason_full)
+                self.n_full_cached += 1
             else:
                 todo.append(c.plan)
         t0 = time.perf_counter()
@@ -384,6 +404,7 @@ class _Run:
             self.store.put_full(self.fp, p, ev, reason=reason, seconds=secs)
             self.full[p.key()] = (ev, reason)
             self.n_fresh += 1
+            self.n_full_fresh += 1
             self.eval_seconds += secs
         self.eval_wall += time.perf_counter() - t0
 
@@ -612,6 +633,10 @@ def run_search(
         except KeyboardInterrupt:
             interrupted = True
             logger.warning("search interrupted: computing the front of what was evaluated")
+        if progress is not None:
+            progress(ProgressEvent(0, 0, 0, run._n_evals(), config.max_evaluations,
+                                   run._best(), run.history[-1].hv if run.history else 0.0,
+                                   phase="front"))
         front = run.final_front()
         if progress is not None:
             progress(ProgressEvent(0, 0, 0, run._n_evals(), config.max_evaluations,
@@ -645,4 +670,8 @@ def run_search(
         elapsed_s=time.monotonic() - t_start,
         eval_wall_s=run.eval_wall,
         eval_seconds=run.eval_seconds,
+        n_search_fresh=sum(1 for c in run.records.values() if c.stage > 0 and not c.cached),
+        n_search_cached=sum(1 for c in run.records.values() if c.stage > 0 and c.cached),
+        n_full_fresh=run.n_full_fresh,
+        n_full_cached=run.n_full_cached,
     )

@@ -9,14 +9,17 @@ and one transaction per write keep the file consistent after a kill at any point
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from emomc_onnx.errors import DataError
+from emomc_onnx.errors import DataError, DiskFullError, StoreError
 from emomc_onnx.search.evaluator import Evaluation
 from emomc_onnx.search.space import CompressionPlan
 
@@ -121,25 +124,78 @@ class HVRecord:
     hv_stage: float
 
 
-class ResultStore:
-    """The SQLite database of a run (``results.sqlite`` in the output directory)."""
+_F = TypeVar("_F", bound=Callable)
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+_DISK_FULL = ("database or disk is full", "disk i/o error", "attempt to write a readonly database")
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """The one-line error for a failed database operation (DiskFullError when the disk is at fault)."""
+    text = str(exc).strip() or type(exc).__name__
+    low = text.lower()
+    if any(s in low for s in _DISK_FULL):
+        return DiskFullError(f"{path}: cannot write ({text}); the candidates evaluated so far are saved")
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return StoreError(_damaged(path, text))
+    return StoreError(f"{path}: {text}")
+
+
+def _damaged(path: Path, why: str) -> str:
+    return (f"{path} is damaged ({why}) and was left as it is: run with --no-resume to start over "
+            f"(the damaged file is kept as {path.name}{DAMAGED_SUFFIX}), or give a new -o")
+
+
+def _guarded(fn: _F) -> _F:
+    """Turn sqlite errors of a store method into one-line StoreErrors naming the file."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+class ResultStore:
+    """The SQLite database of a run (``results.sqlite`` in the output directory).
+
+    A file that is not a healthy database is never written to: opening it raises a
+    StoreError (``--no-resume`` moves it aside to ``results.sqlite.damaged`` instead).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, move_damaged: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        why = _damage(self.path) if self.path.exists() else None
+        if why is not None:
+            if not move_damaged:
+                raise StoreError(_damaged(self.path, why))
+            aside = _free_name(self.path.with_name(self.path.name + DAMAGED_SUFFIX))
+            os.replace(self.path, aside)
+            for side in ("-wal", "-shm"):
+                extra = self.path.with_name(self.path.name + side)
+                if extra.exists():
+                    os.replace(extra, aside.with_name(aside.name + side))
+            logger.warning("%s was damaged (%s): moved to %s, starting a new store", self.path, why,
+                           aside.name)
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             with self._conn:
                 self._conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"{self.path}: not a usable result store ({exc})") from exc
+        except sqlite3.Error as exc:
+            raise _store_error(self.path, exc) from None
 
     @classmethod
-    def in_dir(cls, outdir: str | os.PathLike[str]) -> ResultStore:
-        """Open (creating) ``outdir/results.sqlite``."""
-        return cls(Path(outdir) / STORE_NAME)
+    def in_dir(cls, outdir: str | os.PathLike[str], *, resume: bool = True) -> ResultStore:
+        """Open (creating) ``outdir/results.sqlite``; with ``resume=False`` a damaged one is moved aside."""
+        return cls(Path(outdir) / STORE_NAME, move_damaged=not resume)
 
     def close(self) -> None:
         """Close the connection (the file stays consistent either way)."""
@@ -152,6 +208,7 @@ class ResultStore:
         self.close()
 
     # ---- candidates -------------------------------------------------------------------
+    @_guarded
     def get(self, fingerprint: str, key: str) -> StoredCandidate | None:
         """The stored candidate, or None."""
         row = self._conn.execute(
@@ -162,6 +219,7 @@ class ResultStore:
         ).fetchone()
         return None if row is None else _row(row)
 
+    @_guarded
     def candidates(self, fingerprint: str) -> list[StoredCandidate]:
         """All candidates of a fingerprint, in insertion order."""
         rows = self._conn.execute(
@@ -172,12 +230,20 @@ class ResultStore:
         ).fetchall()
         return [_row(r) for r in rows]
 
+    @_guarded
+    def total(self) -> int:
+        """Number of searched candidates stored (stage >= 1; the unmodified model not counted), all
+        fingerprints."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM candidates WHERE stage > 0").fetchone()[0])
+
+    @_guarded
     def count(self, fingerprint: str) -> int:
         """Number of candidates stored for a fingerprint."""
         return int(self._conn.execute(
             "SELECT COUNT(*) FROM candidates WHERE fingerprint=?", (fingerprint,)
         ).fetchone()[0])
 
+    @_guarded
     def put_search(
         self,
         fingerprint: str,
@@ -220,6 +286,7 @@ class ResultStore:
                 ),
             )
 
+    @_guarded
     def put_full(
         self,
         fingerprint: str,
@@ -244,6 +311,7 @@ class ResultStore:
                 raise DataError(f"{self.path}: no stored candidate {plan.key()} to add a "
                                 "full-data result to")
 
+    @_guarded
     def set_feasible(self, fingerprint: str, key: str, feasible: bool,
                      reason: str | None) -> None:
         """Update feasibility after a re-judgement (e.g. on full data)."""
@@ -255,12 +323,14 @@ class ResultStore:
             )
 
     # ---- baseline ---------------------------------------------------------------------
+    @_guarded
     def get_baseline(self, fingerprint: str) -> Evaluation | None:
         """The stored figures of the unmodified model, or None."""
         row = self._conn.execute("SELECT eval_json FROM baseline WHERE fingerprint=?",
                                  (fingerprint,)).fetchone()
         return None if row is None else Evaluation.from_dict(json.loads(row[0]))
 
+    @_guarded
     def put_baseline(self, fingerprint: str, evaluation: Evaluation) -> None:
         """Record the figures of the unmodified model."""
         with self._conn:
@@ -268,6 +338,7 @@ class ResultStore:
                                (fingerprint, evaluation.to_json(), time.time()))
 
     # ---- hypervolume ------------------------------------------------------------------
+    @_guarded
     def put_hv(self, fingerprint: str, record: HVRecord) -> None:
         """Insert/replace the hypervolume of one generation."""
         with self._conn:
@@ -277,6 +348,7 @@ class ResultStore:
                  float(record.hv), float(record.hv_stage), time.time()),
             )
 
+    @_guarded
     def hypervolume(self, fingerprint: str) -> list[HVRecord]:
         """Hypervolume history of a fingerprint, by stage and generation."""
         rows = self._conn.execute(
@@ -300,3 +372,30 @@ def _row(r: tuple) -> StoredCandidate:
         feasible=bool(feasible),
         seconds_search=secs,
     )
+
+
+def _damage(path: Path) -> str | None:
+    """Why an existing store file is unusable (None when healthy); never writes to it."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            return "; ".join(str(r[0]) for r in rows[:2])
+        return None
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+
+
+def _free_name(path: Path) -> Path:
+    """``path`` or, if taken, ``path.1``, ``path.2``, ..."""
+    if not path.exists():
+        return path
+    i = 1
+    while path.with_name(f"{path.name}.{i}").exists():
+        i += 1
+    return path.with_name(f"{path.name}.{i}")

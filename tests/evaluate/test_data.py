@@ -98,6 +98,10 @@ def test_split_is_disjoint_sized_and_deterministic(n, calib, eval_, seed) -> Non
         with pytest.raises(DataError, match=rf"mem.npz: {calib} calibration samples asked, the file has {n}"):
             ds.split(calib=calib, eval=eval_, seed=seed)
         return
+    if eval_ is None and calib == n:  # "all the rest" for evaluation, and no rest: refused
+        with pytest.raises(DataError, match=rf"mem.npz: {n} samples?; at least {calib + 1} needed"):
+            ds.split(calib=calib, eval=eval_, seed=seed)
+        return
     c, e = ds.split(calib=calib, eval=eval_, seed=seed)
     ci, ei = _idx(c), _idx(e)
     assert len(c) == calib
