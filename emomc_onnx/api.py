@@ -246,9 +246,11 @@ def sensitivity(
     result store. Returns the report."""
     from emomc_onnx.candidate import EvaluatorConfig, make_space
     from emomc_onnx.export.sensitivity import write_sensitivity
+    from emomc_onnx.paths import locked, prepare_outdir
     from emomc_onnx.search.store import ResultStore
     from emomc_onnx.sensitivity import measure_sensitivity
 
+    check_output_dir(outdir)
     shapes = _shapes(input_shapes) or {}
     config = EvaluatorConfig(
         model=str(pathlib.Path(str(model)).resolve()), profile=profile_name,
@@ -256,12 +258,12 @@ def sensitivity(
         input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()), metric=metric,
         eval_samples=eval_samples, calib_samples=calib_samples, seed=seed)
     evaluator = config()
-    out = pathlib.Path(str(outdir))
-    out.mkdir(parents=True, exist_ok=True)
-    with ResultStore.in_dir(out) as store:
+    evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
+    out, _ = prepare_outdir(outdir)
+    with locked(out), ResultStore.in_dir(out) as store:
         report = measure_sensitivity(evaluator, make_space(evaluator), settings=settings, store=store,
                                      progress=progress)
-    write_sensitivity(report, out)
+        write_sensitivity(report, out)
     return report
 
 

@@ -70,7 +70,7 @@ def write_sensitivity(report: SensitivityReport, outdir: str | Path) -> list[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emomc_onnx.export.front import atomic_write_bytes
+    from emomc_onnx.paths import atomic_write_bytes
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
