@@ -89,7 +89,8 @@ def main(
 
 
 def _cli() -> None:
-    from emomc_onnx.search.toy import ToyEvaluatorFactory, toy_space
+    import _common  # noqa: F401 - puts the repository root on sys.path (the toy lives in tests/)
+    from tests.search.toy import ToyEvaluatorFactory, toy_space
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=int, default=16)

@@ -368,14 +368,16 @@ def load_proto(
     outputs = tuple(_copy(v) for v in proto_copy.graph.output)
     try:
         model = ir.from_proto(proto_copy)
-    except Exception as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # what onnx_ir raises on odd protos
         raise ModelError(f"{where}: cannot read model: {_first_line(exc)}") from None
     try:
         normalize(model)
     except ModelError:
         raise
-    except Exception as exc:
-        raise ModelError(f"{where}: normalisation failed: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a library or our own bug: say so, keep the traceback at -vv
+        logger.debug("normalisation of %s failed", where, exc_info=True)
+        raise ModelError(f"{where}: normalisation failed ({type(exc).__name__}: {_first_line(exc)}); "
+                         "this is a bug of emomc-onnx or a library, -vv shows the traceback") from None
     if input_shapes:
         _set_input_shapes(model, input_shapes)
     return LoadedModel(model=model, sha256=sha, path=path, inputs=inputs, outputs=outputs,
@@ -469,8 +471,10 @@ def infer_shapes(model: ir.Model) -> None:
     """Run ONNX shape inference (with data propagation) and store the shapes on values."""
     try:
         common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
-    except Exception as exc:  # shape inference is advisory; analysis reports what is missing
-        logger.warning("shape inference failed: %s", _first_line(exc))
+    except Exception as exc:  # noqa: BLE001 - advisory: the analysis names every shape it misses
+        logger.warning("shape inference failed (%s: %s); layers without shapes are reported by the analysis",
+                       type(exc).__name__, _first_line(exc))
+        logger.debug("shape inference traceback", exc_info=True)
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ from emomc_onnx.export.select import load_front, select
 from emomc_onnx.search.driver import SearchConfig, SearchResult, run_search
 from emomc_onnx.search.space import CompressionPlan
 from emomc_onnx.search.store import ResultStore
-from emomc_onnx.search.toy import ToyEvaluator, ToyEvaluatorFactory, toy_space
+from tests.search.toy import ToyEvaluator, ToyEvaluatorFactory, toy_space
 
 TOY = ToyEvaluatorFactory()
 

@@ -12,7 +12,7 @@ import pytest
 from emomc_onnx.errors import PlanError
 from emomc_onnx.search.driver import ProgressEvent, SearchConfig, SearchResult, run_search
 from emomc_onnx.search.store import ResultStore
-from emomc_onnx.search.toy import ToyEvaluator, ToyEvaluatorFactory, toy_space
+from tests.search.toy import ToyEvaluator, ToyEvaluatorFactory, toy_space
 
 TOY = ToyEvaluatorFactory()
 SMALL = SearchConfig(population=12, generations=5)
