@@ -103,6 +103,7 @@ def prune(
         rows = lsq_rows(loaded.model, analysis.layers, original, batches, max_rows=4096)
     keep = prune_with_recovery(pruned, analysis, plan, recovery=recovery, original=original, batches=batches,
                                rows=rows)
+    io.refresh_shapes(pruned)  # shapes behind computed Reshapes too, for the analysis below
     after = _analyze(pruned)
     before_d = {"MACs": analysis.macs, "params": analysis.params}
     after_d = {"MACs": after.macs, "params": after.params}

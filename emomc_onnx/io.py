@@ -40,6 +40,7 @@ __all__ = [
     "from_proto",
     "model_sha256",
     "infer_shapes",
+    "refresh_shapes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -304,16 +305,21 @@ def _check_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[in
 
 
 def _set_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Fix input dimensions on the normalised model and infer every intermediate shape.
+    """Fix input dimensions on the normalised model and infer every intermediate shape."""
+    for value in model.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape([int(d) for d in shapes[value.name]])
+    refresh_shapes(model)
+
+
+def refresh_shapes(model: ir.Model) -> None:
+    """Infer every intermediate shape from the graph inputs' shapes, in place.
 
     Shapes are inferred on a copy whose shape computations (Shape -> Slice -> Concat ->
-    Reshape chains, as Paddle and tf2onnx export them) are folded with the fixed dimensions,
-    then copied by name onto ``model``, whose graph keeps computing them at run time."""
+    Reshape chains, as Paddle and tf2onnx export them) are folded with the inputs' fixed
+    dimensions, then copied by name onto ``model``, whose graph keeps computing them at run
+    time (so it still takes any batch and width)."""
     probe = clone(model)
-    for m in (model, probe):
-        for value in m.graph.inputs:
-            if value.name in shapes:
-                value.shape = ir.Shape([int(d) for d in shapes[value.name]])
     _fold_to_fixpoint(probe)
     known = {v.name: v.shape for node in probe.graph for v in node.outputs if v.shape is not None}
     graph_io = {v.name for v in model.graph.inputs}

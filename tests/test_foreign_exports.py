@@ -31,7 +31,7 @@ def _dims(spec):
 
 
 def paddle_like(*, opset: int = 11, batch=-1, width=-1, bias: bool = False, constant_weight: bool = True,
-                denormal: bool = False, seed: int = 0) -> onnx.ModelProto:
+                denormal: bool = False, seed: int = 0, computed_reshape: bool = False) -> onnx.ModelProto:
     """Conv(no bias) -> Relu -> Conv(no bias, weight in a Constant node) -> Relu -> GAP -> Flatten -> Gemm.
 
     ``batch``/``width``: the stored input dims (-1 and 0 as older exporters write "unknown")."""
@@ -60,9 +60,19 @@ def paddle_like(*, opset: int = 11, batch=-1, width=-1, bias: bool = False, cons
         helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c2"], ["r2"]),
         helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["f"], axis=1),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc"),
     ]
+    if computed_reshape:  # Paddle's flatten: Reshape(g, Concat(Slice(Shape(g), 0, 1), [-1])) then MatMul + Add
+        inits += [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in
+                  (("s0", 0), ("s1", 1), ("m1", -1))]
+        nodes += [helper.make_node("Shape", ["g"], ["gs"]),
+                  helper.make_node("Slice", ["gs", "s0", "s1"], ["gb"]),
+                  helper.make_node("Concat", ["gb", "m1"], ["shp"], axis=0),
+                  helper.make_node("Reshape", ["g", "shp"], ["f"]),
+                  helper.make_node("MatMul", ["f", "fc_w"], ["mm"], name="fc"),
+                  helper.make_node("Add", ["mm", "fc_b"], ["y"])]
+    else:
+        nodes += [helper.make_node("Flatten", ["g"], ["f"], axis=1),
+                  helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc")]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, _dims([batch, 3, H, width]))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, _dims([batch, 10]))
     graph = helper.make_graph(nodes, "paddle_like", [x], [y], inits)
@@ -167,6 +177,20 @@ def test_prune_with_recovery_keeps_signature(tmp_path, recovery):
     assert w[conv2.input[1]].shape[:2] == (C // 2, C // 2)
     # recovery gave conv2 (no bias in the file) a bias; it is cut with conv2's output channels
     assert len(conv2.input) == 3 and w[conv2.input[2]].shape == (C // 2,)
+
+
+def test_prune_a_model_whose_reshape_is_computed(tmp_path):
+    """The pruned model keeps computing its Reshape from Shape; the analysis after pruning still
+    sees every shape (inferred on a folded copy with the --input-shape values)."""
+    proto = paddle_like(opset=11, computed_reshape=True)
+    src = _save(tmp_path, proto)
+    data, x = _data(tmp_path)
+    out = tmp_path / "p.onnx"
+    result = _cli("prune", src, "--ratio", "0.5", "--recovery", "lsq", "--data", data, "--input-shape",
+                  f"x:1,3,{H},{W}", "-o", out)
+    assert "MACs" in result.output
+    _assert_keeps_signature(out, proto)
+    assert any(n.op_type == "Shape" for n in onnx.load(out).graph.node)  # still computed at run time
 
 
 def test_recovery_on_a_model_with_batch_fixed_at_one(tmp_path):
