@@ -66,7 +66,7 @@ def test_isca16_dataflow_comparison() -> None:
     """Row stationary is the cheapest dataflow on AlexNet CONV and FC (ISCA'16 Fig. 11/12).
 
     The paper: the others 1.4-2.5x row stationary's energy on CONV, >= 1.3x on FC. Ours:
-    OS and NLR in that range on both; WS 1.29x on CONV and 1.04x on FC: with batch 16 each
+    OS and NLR in that range on both; WS 1.29x on CONV and 1.03x on FC: with batch 16 each
     FC weight is fetched once by every dataflow and that DRAM traffic is ~70% of the total,
     and our WS's on-chip energy is only ~1.1x RS's (the paper's WS costs more on chip).
     """
