@@ -24,7 +24,7 @@ from rich.table import Table
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emomc_onnx.cost import (  # noqa: E402
+from emomc_onnx.cost import (
     CostLayer,
     DataflowInput,
     LayerDims,
@@ -33,16 +33,16 @@ from emomc_onnx.cost import (  # noqa: E402
     load_profile,
     model_cost,
 )
-from emomc_onnx.cost import dataflows as D  # noqa: E402
-from tests.cost.published import (  # noqa: E402
+from emomc_onnx.cost import dataflows as D
+from tests.cost.published import (
     DEEP_COMPRESSION_ALEXNET,
     DEEP_COMPRESSION_INDEX_BITS,
     NND_ALEXNET_REF,
     deep_compression_layer,
     nnd_alexnet,
 )
-from tests.cost.shapes import alexnet_convs  # noqa: E402
-from tests.cost.test_mapping import TIMELOOP_HOLDS, timeloop_conv1_mapping  # noqa: E402
+from tests.cost.shapes import alexnet_convs
+from tests.cost.test_mapping import TIMELOOP_HOLDS, timeloop_conv1_mapping
 
 
 def _rel(ours: float, ref: float) -> float:
@@ -56,7 +56,7 @@ def _dram_cheapest(layer, prof) -> float:
     try:
         D._TOP_K = 64
         dram = prof.storage_levels[0]
-        D._energy = lambda c, i, p: sum(  # noqa: E731
+        D._energy = lambda c, i, p: sum(
             (c.reads[dram.name][dt] + c.writes[dram.name][dt]) * dram.energy_per_element(16)
             for dt in c.reads[dram.name])
         m = D.build_mapping("rs", inp, prof)
@@ -85,7 +85,7 @@ def main() -> None:
         cheapest = sum(_dram_cheapest(p, prof) for p in nnd_alexnet()[name]) / 1e9
         for level, key, r in (("ALU", "mac", ref[0]), ("DRAM", "dram", ref[1]), ("RF", "rf", ref[2])):
             ours = c.energy_by_level[key] / 1e9
-            row = dict(layer=name, level=level, ours=ours, published=r, rel_error=_rel(ours, r))
+            row = {"layer": name, "level": level, "ours": ours, "published": r, "rel_error": _rel(ours, r)}
             extra = ""
             if level == "DRAM":
                 row["dram_cheapest"] = cheapest
@@ -94,8 +94,8 @@ def main() -> None:
             out["nn_dataflow"].append(row)
             t.add_row(name, level, f"{ours:.3f}", f"{r:.2f}", f"{100 * row['rel_error']:+.1f}%", extra)
         for level, key in (("buffer", "global_buffer"), ("array", "array")):
-            out["nn_dataflow"].append(dict(layer=name, level=level, ours=c.energy_by_level[key] / 1e9,
-                                           published=None, rel_error=None))
+            out["nn_dataflow"].append({"layer": name, "level": level, "ours": c.energy_by_level[key] / 1e9,
+                                       "published": None, "rel_error": None})
     console.print(t)
 
     t = Table(title="ISCA'16 dataflow comparison on AlexNet (batch 16): energy / row stationary's")
@@ -132,7 +132,7 @@ def main() -> None:
     for col in ("count", "ours", "published", "rel. error"):
         t.add_column(col, justify="left" if col == "count" else "right")
     for name, ours, ref in rows:
-        out["timeloop"].append(dict(count=name, ours=ours, published=ref, rel_error=_rel(ours, ref)))
+        out["timeloop"].append({"count": name, "ours": ours, "published": ref, "rel_error": _rel(ours, ref)})
         t.add_row(name, f"{ours:,.0f}", f"{ref:,}", f"{100 * _rel(ours, ref):+.2f}%")
     console.print(t)
 
@@ -144,8 +144,9 @@ def main() -> None:
         w = deep_compression_layer(n, kept, bits)
         pq = 100 * (coded_size_bits(w, bits, "relative_index", index_bits=k) + (1 << bits) * 32) / (n * 32)
         pqh = 100 * coded_size_bits(w, bits, "deep_compression", index_bits=k) / (n * 32)
-        out["deep_compression"].append(dict(layer=name, pq=pq, pq_paper=pq_ref, pq_rel_error=_rel(pq, pq_ref),
-                                            pqh=pqh, pqh_paper=pqh_ref, pqh_rel_error=_rel(pqh, pqh_ref)))
+        out["deep_compression"].append({"layer": name, "pq": pq, "pq_paper": pq_ref,
+                                        "pq_rel_error": _rel(pq, pq_ref), "pqh": pqh, "pqh_paper": pqh_ref,
+                                        "pqh_rel_error": _rel(pqh, pqh_ref)})
         t.add_row(name, f"{pq:.2f}", f"{pq_ref}", f"{100 * _rel(pq, pq_ref):+.1f}%", f"{pqh:.2f}",
                   f"{pqh_ref}", f"{100 * _rel(pqh, pqh_ref):+.1f}%")
     console.print(t)

@@ -85,13 +85,13 @@ def measure(profiles: list[str]) -> list[dict]:
             def cold() -> None:
                 D._MAPPED_CACHE.clear()
 
-            def run() -> None:
+            def run(prof=prof, df=df, bits=bits, abits=abits) -> None:
                 cl = [CostLayer.from_shape(lay, bits, abits, 0.4) for lay in layers]
                 model_cost(cl, prof, df, prof.codings[0])
             ms_cold = _time(run, 3, before=cold)
             ms_warm = _time(run, 7)
-            runs.append(dict(profile=name, dataflow=df, input="shape", coding=prof.codings[0],
-                             ms_warm=ms_warm, ms_cold=ms_cold))
+            runs.append({"profile": name, "dataflow": df, "input": "shape", "coding": prof.codings[0],
+                         "ms_warm": ms_warm, "ms_cold": ms_cold})
     rng = np.random.default_rng(0)
     prof = load_profile("eyeriss")
     arrays = []
@@ -101,12 +101,12 @@ def measure(profiles: list[str]) -> list[dict]:
         w[rng.random(n) < 0.6] = 0
         arrays.append(w)
     for coding in ("dense", "bitmask", "relative_index", "run_length", "huffman", "auto"):
-        def run_real() -> None:
+        def run_real(coding=coding) -> None:
             cl = [CostLayer(lay, w, 4, 16, lay.out_channels) for lay, w in zip(layers, arrays)]
             model_cost(cl, prof, "rs", coding)
         ms = _time(run_real, 3)
-        runs.append(dict(profile="eyeriss", dataflow="rs", input="weights", coding=coding, ms_warm=ms,
-                         ms_cold=None))
+        runs.append({"profile": "eyeriss", "dataflow": "rs", "input": "weights", "coding": coding,
+                     "ms_warm": ms, "ms_cold": None})
     return runs
 
 
@@ -139,7 +139,7 @@ def main() -> None:
     base = _baseline(ref, base_profiles)  # interleaved: baseline, ours, baseline again
     ours = measure(list_profiles())
     base2 = _baseline(ref, base_profiles)
-    key = lambda r: (r["profile"], r["dataflow"], r["input"], r["coding"])  # noqa: E731
+    key = lambda r: (r["profile"], r["dataflow"], r["input"], r["coding"])
     bmap = {}
     for r in (*base, *base2):
         k = key(r)
@@ -157,7 +157,7 @@ def main() -> None:
         b = bmap.get(key(r), {})
         row = {**r, "base_ms_warm": b.get("ms_warm"), "base_ms_cold": b.get("ms_cold")}
         rows.append(row)
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"
         table.add_row(r["profile"], r["dataflow"], r["input"], r["coding"], fmt(r["ms_warm"]),
                       fmt(row["base_ms_warm"]), fmt(r["ms_cold"]), fmt(row["base_ms_cold"]))
     Console(width=160).print(table)
