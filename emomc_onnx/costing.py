@@ -89,10 +89,9 @@ def _fixed_shapes(proto: onnx.ModelProto, input_shapes) -> onnx.ModelProto:
             if want is not None and i < len(want):
                 d.ClearField("dim_param")
                 d.dim_value = int(want[i])
-            elif not d.HasField("dim_value") or d.dim_value <= 0:
-                if i == 0:  # a dynamic batch: one image
-                    d.ClearField("dim_param")
-                    d.dim_value = 1
+            elif i == 0 and (not d.HasField("dim_value") or d.dim_value <= 0):
+                d.ClearField("dim_param")  # a dynamic batch: one image
+                d.dim_value = 1
     del p.graph.value_info[:]
     try:
         return onnx.shape_inference.infer_shapes(p)

@@ -39,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "SCHEMES",
+    "WeightScan",
     "coded_size_bits",
     "coded_sizes",
     "estimate_size_bits",
@@ -143,20 +144,59 @@ def _gap_fillers(flat_nonzero_pos: np.ndarray, k: int) -> int:
     return int(np.sum(gaps >> k))
 
 
+class WeightScan:
+    """One tensor's nonzero scan (mask, positions, histogram), shared by every scheme."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.flat = np.ravel(values)
+        self.n = int(self.flat.size)
+        self._nzmask: np.ndarray | None = None
+        self._pos: np.ndarray | None = None
+        self._hist: np.ndarray | None = None
+        self._nz_hist: np.ndarray | None = None
+
+    @property
+    def nzmask(self) -> np.ndarray:
+        if self._nzmask is None:
+            self._nzmask = self.flat != 0
+        return self._nzmask
+
+    @property
+    def pos(self) -> np.ndarray:
+        if self._pos is None:
+            self._pos = np.flatnonzero(self.nzmask)
+        return self._pos
+
+    @property
+    def nnz(self) -> int:
+        return int(self.pos.size)
+
+    @property
+    def hist(self) -> np.ndarray:
+        if self._hist is None:
+            self._hist = _histogram(self.flat)
+        return self._hist
+
+    @property
+    def nz_hist(self) -> np.ndarray:
+        if self._nz_hist is None:
+            self._nz_hist = _histogram(self.flat[self.nzmask])
+        return self._nz_hist
+
+
 def _index_bits(n: int) -> int:
     """Bits of an absolute position among n (a decoder needs whole bits)."""
     return max(0, math.ceil(math.log2(n))) if n > 1 else 0
 
 
-def _deep_compression_bits(flat: np.ndarray, nzmask: np.ndarray, bits: int, p: dict) -> int:
+def _deep_compression_bits(scan: WeightScan, bits: int, p: dict) -> int:
     """Relative index + shared codebook + Huffman of the value and index streams."""
     k = p["index_bits"]
     mask = (1 << k) - 1
-    pos = np.flatnonzero(nzmask)
-    gaps = np.diff(pos, prepend=-1) - 1
+    gaps = np.diff(scan.pos, prepend=-1) - 1
     fillers = int(np.sum(gaps >> k))
     # value stream: the nonzero codes, plus one zero code per filler entry
-    vals = _histogram(flat[nzmask])
+    vals = scan.nz_hist
     v_counts = np.append(vals, fillers) if fillers else vals
     # index stream: the gap left after the fillers for each entry, 2^k - 1 for each filler
     d_counts = np.bincount(gaps & mask, minlength=mask + 1) if gaps.size else np.zeros(0, np.int64)
@@ -169,7 +209,7 @@ def _deep_compression_bits(flat: np.ndarray, nzmask: np.ndarray, bits: int, p: d
     return huffman_total_bits(v_counts) + huffman_total_bits(d_counts) + tables + codebook
 
 
-def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -> int:
+def coded_size_bits(values: np.ndarray | WeightScan, bits: int, scheme: str, **params: int) -> int:
     """Bits to store ``values`` (any shape; zeros exactly 0) as ``bits``-bit codes.
 
     Args:
@@ -186,18 +226,19 @@ def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -
     """
     if scheme == "auto":
         return min(coded_sizes(values, bits, SCHEMES, **params).values())
-    flat = np.ravel(values)
-    n = int(flat.size)
+    scan = values if isinstance(values, WeightScan) else WeightScan(values)
+    n = scan.n
     if scheme in ("normal", "dense"):
         return n * bits
-    nzmask = flat != 0
-    nnz = int(np.count_nonzero(nzmask))
     p = {**_DEFAULTS, **params}
+    if scheme == "huffman":
+        counts = scan.hist
+        return huffman_total_bits(counts) + counts.size * (bits + p["length_bits"])
+    nnz = scan.nnz
     if scheme == "csr":
         if p["paper_formulas"]:
             return nnz * (bits + 3)
-        pos = np.flatnonzero(nzmask)
-        return (nnz + _gap_fillers(pos, _CSR_INDEX_BITS)) * (bits + _CSR_INDEX_BITS)
+        return (nnz + _gap_fillers(scan.pos, _CSR_INDEX_BITS)) * (bits + _CSR_INDEX_BITS)
     if scheme == "coo":
         if p["paper_formulas"]:
             return math.ceil(nnz * (bits + math.log2(n))) if n > 0 else 0
@@ -205,21 +246,17 @@ def coded_size_bits(values: np.ndarray, bits: int, scheme: str, **params: int) -
     if scheme == "bitmask":
         return n + nnz * bits
     if scheme == "deep_compression":
-        return _deep_compression_bits(flat, nzmask, bits, p)
+        return _deep_compression_bits(scan, bits, p)
     if scheme == "relative_index":
         k = p["index_bits"]
-        pos = np.flatnonzero(nzmask)
-        return (nnz + _gap_fillers(pos, k)) * (bits + k)
+        return (nnz + _gap_fillers(scan.pos, k)) * (bits + k)
     if scheme == "run_length":
         r = p["run_bits"]
-        pos = np.flatnonzero(nzmask)
+        pos = scan.pos
         pairs = nnz + _gap_fillers(pos, r)
         trailing = n - 1 - int(pos[-1]) if nnz else n
         pairs += -(-trailing // (1 << r))
         return pairs * (r + bits)
-    if scheme == "huffman":
-        counts = _histogram(flat)
-        return huffman_total_bits(counts) + counts.size * (bits + p["length_bits"])
     raise ValueError(f"unknown coding scheme {scheme!r}")
 
 
@@ -227,7 +264,8 @@ def coded_sizes(
     values: np.ndarray, bits: int, schemes: tuple[str, ...] = SCHEMES, **params: int
 ) -> dict[str, int]:
     """coded_size_bits for several schemes, sharing the nonzero scan."""
-    return {s: coded_size_bits(values, bits, s, **params) for s in schemes if s != "auto"}
+    scan = values if isinstance(values, WeightScan) else WeightScan(values)
+    return {s: coded_size_bits(scan, bits, s, **params) for s in schemes if s != "auto"}
 
 
 def _expected_fillers(nnz: float, density: float, k: int) -> float:

@@ -135,6 +135,7 @@ class _Recipe:
     use_rf: bool = True
     pe_fit: tuple[str, ...] = ()  # order the PE loops are grown in (default: ``pe``)
     rf_types: tuple[str, ...] = ("weights", "inputs", "outputs")  # what the RFs may keep
+    spatial_alts: tuple[tuple[tuple[str, str], ...], ...] = ()  # other array fillings searched
 
 
 _RECIPES = {
@@ -152,8 +153,12 @@ _RECIPES = {
     # Row stationary (Eyeriss): filter rows (R) down the array and output rows (P) across,
     # each PE convolves one filter row with one input row; M, C chunks in the RFs; the
     # filter rows stay in the PE while the images of the batch stream through.
+    # The PE sets (R x P) are replicated over input channels by default, or over output
+    # channels or images (nn_dataflow's replication choices).
     "rs": _Recipe((("R", "rows"), ("C", "rows"), ("P", "cols"), ("M", "cols")), ("M", "C", "S"),
-                  ("M", "C", "R", "S", "N", "P", "Q"), pe_fit=("S", "C", "M")),
+                  ("M", "C", "R", "S", "N", "P", "Q"), pe_fit=("S", "C", "M"),
+                  spatial_alts=((("R", "rows"), ("M", "rows"), ("P", "cols"), ("C", "cols")),
+                                (("R", "rows"), ("N", "rows"), ("P", "cols"), ("M", "cols")))),
     # No local reuse (DianNao-like): no register files, every operand comes from the
     # global buffer over the network; C x M over the array.
     "nlr": _Recipe((("C", "rows"), ("M", "cols")), (), ("M", "C", "N", "P", "Q", "R", "S"),
@@ -165,8 +170,8 @@ _RECIPES = {
 #: weights), M (irrelevant to inputs) or C (irrelevant to outputs).
 _OUTER_ORDERS = (("G", "M", "C", "N", "P", "Q"), ("G", "C", "N", "P", "Q", "M"),
                  ("G", "M", "N", "P", "Q", "C"))
-_TOP_K = 2  # candidates of the vectorised estimate evaluated exactly, per PE tiling
-_PE_CAPS = (1, 2, 4, 8, 16)  # PE-level channel factors tried: what fits, 1/2, ..., 1/16 of it
+_TOP_K = 1  # candidates of the vectorised estimate counted exactly, per PE tiling
+_PE_CAPS = (1, 4, 16)  # PE-level channel factors tried: what fits, 1/4, 1/16 of it
 
 
 def _type_bits(dt: str, inp: DataflowInput, profile: object) -> int:
@@ -283,21 +288,25 @@ def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
     outer = storage[0]
     buf = next((lv for lv in storage if lv.kind == "buffer"), None)
     rfs = [lv for lv in storage if lv.kind == "rf"]
-    rem = {d: dims.bound(d) for d in "NGMCPQRS"}
+    full = {d: dims.bound(d) for d in "NGMCPQRS"}
 
-    spatial: list[Loop] = []
-    left = {"rows": profile.pe_rows, "cols": profile.pe_cols}
-    for dim, axis in rec.spatial:
-        f = _divisor_at_most(rem[dim], left[axis])
-        if f > 1:
-            spatial.append(Loop(dim, f, True))
-            rem[dim] //= f
-            left[axis] //= f
+    def place(order: tuple[tuple[str, str], ...]) -> tuple[list[Loop], dict[str, int]]:
+        """Spatial loops filling the array in ``order`` (exact divisors), and what is left."""
+        rem = dict(full)
+        spatial: list[Loop] = []
+        left = {"rows": profile.pe_rows, "cols": profile.pe_cols}
+        for dim, axis in order:
+            f = _divisor_at_most(rem[dim], left[axis])
+            if f > 1:
+                spatial.append(Loop(dim, f, True))
+                rem[dim] //= f
+                left[axis] //= f
+        return spatial, rem
 
     def rf_keep(lv) -> frozenset[str]:
         return frozenset(lv.holds) & frozenset(rec.rf_types) if rec.use_rf else frozenset()
 
-    def grow_pe(cap_div: int) -> tuple[list[Loop], dict[str, int]]:
+    def grow_pe(rem: dict[str, int], cap_div: int) -> tuple[list[Loop], dict[str, int]]:
         """PE-level loops grown in the recipe's order while every RF holds its tile; a
         channel factor is capped at 1/cap_div of what would fit (smaller RF tiles leave
         more of the channels to the buffer, where they may save DRAM re-fetches)."""
@@ -321,7 +330,7 @@ def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
                 left_rem[dim] //= f
         return [Loop(d, grown[d]) for d in rec.pe if d in grown], left_rem
 
-    def assemble(pe: list[Loop], rem: dict[str, int], buf_f: dict[str, int],
+    def assemble(spatial: list[Loop], pe: list[Loop], rem: dict[str, int], buf_f: dict[str, int],
                  order: tuple[str, ...]) -> Mapping:
         out_f = {d: rem[d] // buf_f.get(d, 1) for d in "NGMCPQRS"}
         out_f["G"] = rem["G"]
@@ -345,29 +354,32 @@ def build_mapping(name: str, inp: DataflowInput, profile) -> Mapping:
             levels.append(MappingLevel(lv.name, tuple(lp), keep))
         return Mapping(tuple(levels))
 
-    options: list[tuple[list[Loop], dict[str, int], dict[str, int], int]] = []
+    options: list[tuple[list[Loop], list[Loop], dict[str, int], dict[str, int], int]] = []
     seen: set = set()
-    for cap_div in _PE_CAPS:
-        pe, left = grow_pe(cap_div)
-        key = tuple((lp.dim, lp.bound) for lp in pe)
-        if key in seen:
-            continue
-        seen.add(key)
-        base = dict.fromkeys("NGMCPQRS", 1)
-        for lp in (*spatial, *pe):
-            base[lp.dim] *= lp.bound
-        cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P"))
-        if not cands:
-            cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P", "Q"))
-        options += [(pe, left, buf_f, k) for _, buf_f, k in cands[:_TOP_K]]
+    for order in (rec.spatial, *rec.spatial_alts):
+        spatial, rem = place(order)
+        for cap_div in _PE_CAPS:
+            pe, left = grow_pe(rem, cap_div)
+            key = tuple((lp.dim, lp.bound) for lp in (*spatial, *pe))
+            if key in seen:
+                continue
+            seen.add(key)
+            base = dict.fromkeys("NGMCPQRS", 1)
+            for lp in (*spatial, *pe):
+                base[lp.dim] *= lp.bound
+            cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P"))
+            if not cands:
+                cands = _split_candidates(left, base, dims, inp, profile, buf, ("N", "M", "C", "P", "Q"))
+            options += [(spatial, pe, left, buf_f, k) for _, buf_f, k in cands[:_TOP_K]]
     if not options:  # nothing fits: the smallest tile (traffic_from_mapping notes the overflow)
-        pe, left = grow_pe(1)
-        return assemble(pe, left, {}, _OUTER_ORDERS[0])
+        spatial, rem = place(rec.spatial)
+        pe, left = grow_pe(rem, 1)
+        return assemble(spatial, pe, left, {}, _OUTER_ORDERS[0])
     holds = {lv.name: lv.holds for lv in storage}
     best: tuple[float, Mapping] | None = None
-    for pe, left, buf_f, k in options:
-        full = {d: buf_f.get(d, left[d]) for d in "NMCPQRS"}
-        m = assemble(pe, left, full, _OUTER_ORDERS[k])
+    for spatial, pe, left, buf_f, k in options:
+        bf = {d: buf_f.get(d, left[d]) for d in "NMCPQRS"}
+        m = assemble(spatial, pe, left, bf, _OUTER_ORDERS[k])
         e = _energy(evaluate_mapping(m, dims, holds), inp, profile)
         if best is None or e < best[0]:
             best = (e, m)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from emomc_onnx.analysis.layers import Layer
-from emomc_onnx.cost.coding import SCHEMES, coded_size_bits, estimate_size_bits
+from emomc_onnx.cost.coding import SCHEMES, WeightScan, coded_size_bits, estimate_size_bits
 from emomc_onnx.cost.dataflows import (
     DataflowInput,
     Traffic,
@@ -116,7 +116,10 @@ class CostLayer:
             ):
                 v = estimate_size_bits(self.n_weights, self.wbits, self.density, scheme, **params)
             else:
-                v = coded_size_bits(self.weight, self.wbits, scheme, **params)
+                scan = self._cache.get("scan")
+                if scan is None:
+                    scan = self._cache["scan"] = WeightScan(self.weight)
+                v = coded_size_bits(scan, self.wbits, scheme, **params)
             self._cache[key] = v
         return self._cache[key]
 
@@ -244,6 +247,7 @@ def layer_cost(
     """
     dims = LayerDims.from_layer(c.layer, batch or profile.batch)
     wb = {s: c.weight_bits(s, _scheme_params(profile, s)) for s in _schemes(profile, coding)}
+    c._cache.pop("scan", None)  # the shared nonzero scan: only needed while coding
     if coding == "auto":
         chosen = min(wb, key=wb.__getitem__)
     else:

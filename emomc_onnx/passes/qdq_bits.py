@@ -55,7 +55,7 @@ def _weight_bits(cw: ConstWeight) -> int | None:
     m = int(np.abs(c).max()) if c.size else 0
     if m == 0:
         return cw.declared_bits or cw.container
-    sym = int(round(math.log2(m + 1))) + 1
+    sym = round(math.log2(m + 1)) + 1
     if sym <= cw.container:
         return sym
     # Not symmetric around the zero point (e.g. uint8 with zero point 0 using 0..255):

@@ -6,11 +6,9 @@
   others' normalised energy.
 
 Measured residuals (benchmarks/cost_fidelity.py prints them all): ALU and RF within 2% on
-every layer (6% on FC3, whose published 0.07 is rounded from 0.066); DRAM within 2% on
-CONV1, CONV5 and the FC layers, -17% on CONV2 and +19% / +17% on CONV3 / CONV4, +3% on the
-CONV layers together. On CONV3/4 our search trades DRAM for buffer and array traffic where
-nn_dataflow keeps DRAM lower (the DRAM-cheapest mapping in our space reaches its figure,
-see the benchmark); on CONV2 we find a mapping with fewer re-fetches than its folded one.
+every layer (6% on FC3, whose published 0.07 is rounded from 0.066); DRAM within 2.1% on
+every layer but CONV2, -17%: there we find a mapping with fewer re-fetches than
+nn_dataflow's (it folds the 27 output rows onto 16 columns twice and re-reads the halo).
 """
 
 from __future__ import annotations
@@ -52,8 +50,8 @@ def test_nn_dataflow_alu_and_rf_per_layer(ours, layer: str) -> None:
 def test_nn_dataflow_dram_per_layer(ours, layer: str) -> None:
     dram = NND_ALEXNET_REF[layer][1]
     err = _rel(ours[layer]["dram"] / 1e9, dram)
-    # target 15%: met on CONV1, CONV5, FC1-3; CONV2 -17%, CONV3 +19%, CONV4 +17% (see above)
-    limit = 0.20 if layer in ("conv2", "conv3", "conv4") else 0.05
+    # target 15%: met on every layer but CONV2, -17% (see above)
+    limit = 0.20 if layer == "conv2" else 0.03
     assert abs(err) < limit, (layer, err)
 
 
@@ -68,8 +66,9 @@ def test_isca16_dataflow_comparison() -> None:
     """Row stationary is the cheapest dataflow on AlexNet CONV and FC (ISCA'16 Fig. 11/12).
 
     The paper: the others 1.4-2.5x row stationary's energy on CONV, >= 1.3x on FC. Ours:
-    OS and NLR in that range on both; WS 1.26x on CONV and 1.04x on FC, where batch 16 and
-    the 512 B register file let WS keep whole filters in the PE (the paper's WS keeps less).
+    OS and NLR in that range on both; WS 1.29x on CONV and 1.03x on FC: with batch 16 each
+    FC weight is fetched once by every dataflow and that DRAM traffic is ~70% of the total,
+    and our WS's on-chip energy is only ~1.1x RS's (the paper's WS costs more on chip).
     """
     per = {df: _ours(df) for df in ("rs", "ws", "os", "nlr")}
     conv = {df: sum(v["total"] for k, v in res.items() if k.startswith("conv")) for df, res in per.items()}
@@ -79,5 +78,5 @@ def test_isca16_dataflow_comparison() -> None:
     for df in ("os", "nlr"):
         assert 1.4 <= conv[df] / conv["rs"] <= 2.5, conv
         assert fc[df] / fc["rs"] >= 1.3, fc
-    assert conv["ws"] / conv["rs"] > 1.2, conv
+    assert conv["ws"] / conv["rs"] > 1.25, conv
     assert fc["ws"] > fc["rs"], fc

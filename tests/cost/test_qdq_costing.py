@@ -187,7 +187,12 @@ def _float_cnn() -> onnx.ModelProto:
     [("QUInt8", True, 8), ("QInt8", False, 8), ("QUInt8", False, 8), ("QInt8", True, 8), ("QInt4", True, 4)],
 )
 def test_ort_quantize_static_output_costs(tmp_path, wtype: str, per_channel: bool, wbits: int) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
