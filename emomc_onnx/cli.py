@@ -175,7 +175,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
 
 
-@main.command()
+@main.command(short_help="Layers, MACs, params and channel groups of MODEL.")
 @click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model.")
 @click.option("--json", "as_json", is_flag=True, help="Write JSON to stdout instead of tables.")
