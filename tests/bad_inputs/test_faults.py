@@ -25,12 +25,17 @@ from tests.bad_inputs.tiny import tiny_data, tiny_model
 SMALL = ["--generations", "2", "--population", "6", "--eval-samples", "16", "--calib-samples", "8",
          "--workers", "1"]
 LONGER = ["--generations", "6", "--population", "10", "--eval-samples", "32", "--calib-samples", "8",
-          "--workers", "1"]
+          "--workers", "1", "--metric", "slowmetric.py:fn"]
+SLOW_METRIC = ("import time\n\n"
+               "def fn(outputs, reference, labels):  # top-1 accuracy, slowly: the run lasts long enough\n"
+               "    time.sleep(0.03)\n"
+               "    return float((outputs[0].argmax(1) == labels).mean())\n")
 
 
 def _files(d: pathlib.Path) -> list[str]:
     tiny_model(d / "m.onnx")
     tiny_data(d / "d.npz")
+    (d / "slowmetric.py").write_text(SLOW_METRIC)
     return ["compress", "m.onnx", "--data", "d.npz", "-o", "out"]
 
 
@@ -177,6 +182,31 @@ METRIC = ("import numpy as np\n\n"
 ONE_GEN = ["--generations", "1", "--population", "6", "--eval-samples", "16", "--calib-samples", "8"]
 
 
+def test_metric_error_travels_back_from_a_worker_whole() -> None:
+    """Workers send exceptions back pickled: the message and the traceback must survive, and
+    a candidate evaluation must not turn the user's error into an infeasible candidate."""
+    import pickle
+
+    from emomc_onnx.errors import EmomcError, MetricError
+    from emomc_onnx.search.driver import _safe_eval
+
+    err = pickle.loads(pickle.dumps(MetricError("--metric m:f raised KeyError", "Traceback ...")))
+    assert isinstance(err, EmomcError) and str(err) == "--metric m:f raised KeyError"
+    assert err.detail == "Traceback ..."
+
+    class Broken:
+        def evaluate(self, plan, subset):
+            raise MetricError("--metric m:f raised KeyError", "tb")
+
+    class Plan:
+        def key(self):
+            return "k"
+
+    with pytest.raises(MetricError):
+        _safe_eval(Broken(), Plan(), "search")
+
+
+@pytest.mark.slow
 def test_user_metric_raising_in_workers_is_one_line(tmp_path: pathlib.Path) -> None:
     args = _files(tmp_path)
     (tmp_path / "mymetric.py").write_text(METRIC)
