@@ -264,6 +264,18 @@ def _(d, done):
     return ["compress", m, "--data", data, "-o", "out", *TINY, "--time-budget", "inf"], "finite"
 
 
+@case("sensitivity -o an existing file")
+def _(d, done):
+    m, data = _md(d)
+    return ["sensitivity", m, "--data", data, "-o", data, "--eval-samples", "16"], "is a file"
+
+
+@case("sensitivity --calib-samples 0")
+def _(d, done):
+    m, data = _md(d)
+    return ["sensitivity", m, "--data", data, "-o", "out", "--calib-samples", "0"], "--calib-samples"
+
+
 # ---- user metric -----------------------------------------------------------------------------
 def _metric(d: pathlib.Path, body: str) -> str:
     (d / "mymetric.py").write_text("import sys\n\ndef fn(outputs, reference, labels):\n" + body)
