@@ -69,8 +69,9 @@ def test_progress_and_counts_add_up(run) -> None:
     _, res = run
     text = " ".join(res.stdout.split())
     assert "None" not in text and "gen 0/0" not in text and "final gen" not in text
-    m = re.search(r"(\d+) candidates searched \((\d+) evaluated now, (\d+) read from results.sqlite\); "
-                  r"(\d+) front candidates measured on all samples \((\d+) now, (\d+) read\), (\d+) kept", text)
+    m = re.search(r"(\d+) candidates searched \((\d+) evaluated now, (\d+) read from results.sqlite\) in "
+                  r"[\d.]+ s (\d+) front candidates measured on all samples \((\d+) now, (\d+) read\), "
+                  r"(\d+) kept", text)
     assert m, text[-800:]
     n, fresh, cached, nfull, full_now, full_read, kept = map(int, m.groups())
     assert n == fresh + cached and cached == 0 and nfull == full_now + full_read and 0 < kept <= nfull
