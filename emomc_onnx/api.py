@@ -122,8 +122,16 @@ def prune(
     proto = loaded.restore_signature(io.to_proto(pruned))  # the original's inputs and outputs
     onnx.checker.check_model(proto)
     io.save_model(proto, output)
+    before_d["file bytes"], after_d["file bytes"] = _file_bytes(model), _file_bytes(output)
     return {"title": f"prune {pathlib.Path(str(model)).name}", "before": before_d, "after": after_d,
             "output": str(output)}
+
+
+def _file_bytes(path) -> int:
+    """Bytes on disk of a model file (with its external data file, if any)."""
+    p = pathlib.Path(str(path))
+    data = p.with_name(p.name + ".data")
+    return p.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def profile(
@@ -324,5 +332,6 @@ def quantize(
     size_before = sum(lay.params for lay in analysis.layers) * 32
     size_after = sum(lay.params for lay in analysis.layers) * wbits
     return {"title": f"quantize {pathlib.Path(str(model)).name} to W{wbits}A{abits}",
-            "before": {"weight bits": size_before}, "after": {"weight bits": size_after},
+            "before": {"weight bits": size_before, "file bytes": _file_bytes(model)},
+            "after": {"weight bits": size_after, "file bytes": _file_bytes(output)},
             "output": str(output)}

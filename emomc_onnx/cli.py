@@ -43,7 +43,7 @@ def _handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except EmomcError as exc:
             detail = getattr(exc, "detail", "")
-            if detail and logging.getLogger().isEnabledFor(logging.INFO):  # -v: the user code's traceback
+            if detail and _verbosity() > 0:  # -v: the user code's traceback
                 err_console.print(detail.rstrip(), highlight=False, markup=False, soft_wrap=True)
             _error(str(exc))
         except KeyboardInterrupt:
@@ -54,6 +54,12 @@ def _handle_errors(fn: Callable) -> Callable:
             sys.exit(130)
 
     return wrapper
+
+
+def _verbosity() -> int:
+    """How many -v the user gave (0 outside a click context)."""
+    ctx = click.get_current_context(silent=True)
+    return int((ctx.find_root().params.get("verbose") or 0) if ctx is not None else 0)
 
 
 class _Group(click.Group):
@@ -169,7 +175,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
 
 
-@main.command()
+@main.command(short_help="Layers, MACs, params and channel groups of MODEL.")
 @click.argument("model", required=False)
 @click.option("--demo", is_flag=True, help="Use the embedded demo model.")
 @click.option("--json", "as_json", is_flag=True, help="Write JSON to stdout instead of tables.")

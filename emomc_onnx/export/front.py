@@ -57,6 +57,7 @@ class FrontEntry:
         density: layer -> weight density.
         wbits: layer -> weight bits (None = float).
         abits: layer -> activation bits (None = float).
+        file_bytes: size of the ONNX file on disk (next to ``size_bits``, the coded size).
     """
 
     rank: int
@@ -76,6 +77,7 @@ class FrontEntry:
     density: dict[str, float]
     wbits: dict[str, int | None]
     abits: dict[str, int | None]
+    file_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -84,11 +86,11 @@ class FrontEntry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FrontEntry:
         """Inverse of :meth:`to_dict` (raises KeyError/TypeError/ValueError if malformed)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data]
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING]
         if missing:
             raise KeyError(f"missing fields {missing}")
-        return cls(**{n: data[n] for n in names})
+        return cls(**{f.name: data[f.name] for f in fields if f.name in data})
 
     def path(self, outdir: str | os.PathLike[str]) -> Path:
         """Absolute path of the member's ONNX file."""
@@ -143,7 +145,8 @@ def export_front(
                       "emomc.metric_full": repr(float(ev.metric)),
                       "emomc.fingerprint": result.fingerprint})
         onnx.helper.set_model_props(model, props)
-        atomic_write_bytes(fdir / name, canonical_bytes(model))
+        blob = canonical_bytes(model)
+        atomic_write_bytes(fdir / name, blob)
         pd = m.plan.to_dict()
         entries.append(FrontEntry(
             rank=rank, file=f"{FRONT_DIR}/{name}", key=m.key,
@@ -153,6 +156,7 @@ def export_front(
             energy_factor=float(ef), size_factor=float(sf),
             macs=int(ev.macs), params=int(ev.params),
             keep=pd["keep"], density=pd["density"], wbits=pd["wbits"], abits=pd["abits"],
+            file_bytes=len(blob),
         ))
     keep_files = {Path(e.file).name for e in entries}
     for f in fdir.iterdir():
@@ -242,7 +246,8 @@ def run_metadata(evaluator: Any, baseline: Evaluation | None = None) -> dict[str
         "recovery": getattr(cfg, "recovery", None),
     }
     unit = getattr(prof, "energy_unit", None)
-    units = {"energy": f"{unit} per sample" if unit else None, "size_bits": "bits",
+    units = {"energy": f"{unit} per sample" if unit else None, "size_bits": "bits (coded size)",
+             "file_bytes": "bytes (the ONNX file)",
              "macs": "multiply-accumulates per sample"}
     return {"run": run, "units": units}
 
@@ -295,7 +300,7 @@ def check_front_owner(outdir: str | os.PathLike[str], evaluator: Any, *, overwri
 
 def _csv(entries: list[FrontEntry]) -> str:
     scalar = ["rank", "file", "key", "accuracy", "metric_search", "metric_full", "error",
-              "energy", "size_bits", "energy_factor", "size_factor", "macs", "params"]
+              "energy", "size_bits", "file_bytes", "energy_factor", "size_factor", "macs", "params"]
     per: list[tuple[str, str]] = []
     if entries:
         e0 = entries[0]

@@ -204,11 +204,11 @@ class SearchResult:
     def counts_line(self) -> str:
         """What was evaluated, in counts that add up (for the CLI's summary)."""
         n_full = self.n_full_fresh + self.n_full_cached
-        line = (f"{self.n_evaluations} candidates searched ({self.n_search_fresh} evaluated now, "
-                f"{self.n_search_cached} read from results.sqlite); {n_full} front candidates "
-                f"measured on all samples ({self.n_full_fresh} now, {self.n_full_cached} read), "
-                f"{len(self.front)} kept; {self.elapsed_s:.1f} s; front hypervolume {self.front_hv:.4f}")
-        return line + (" (interrupted: partial front)" if self.interrupted else "")
+        search = (f"{self.n_evaluations} candidates searched ({self.n_search_fresh} evaluated now, "
+                  f"{self.n_search_cached} read from results.sqlite) in {self.elapsed_s:.1f} s")
+        front = (f"{n_full} front candidates measured on all samples ({self.n_full_fresh} now, "
+                 f"{self.n_full_cached} read), {len(self.front)} kept; front hypervolume {self.front_hv:.4f}")
+        return f"{search}\n{front}" + (" (interrupted: partial front)" if self.interrupted else "")
 
     def failures(self) -> dict[str, dict[str, Any]]:
         """Per kind of candidate (pruned, sparse, quantized): how many the search tried, how

@@ -134,14 +134,14 @@ def _(d, done):
 # ---- sizes and counts ------------------------------------------------------------------------
 @case("inspect --input-shape with a trillion elements")
 def _(d, done):
-    m, _ = _md(d)
-    return ["inspect", m, "--input-shape", "input:1,3,999999,999999"], "elements, more than"
+    tiny_model(d / "dyn.onnx", dynamic=True)
+    return ["inspect", "dyn.onnx", "--input-shape", "input:1,3,999999,999999"], "elements, more than"
 
 
-@case("inspect --input-shape with a dimension over 2^20")
+@case("profile --input-shape with a trillion elements")
 def _(d, done):
-    m, _ = _md(d)
-    return ["inspect", m, "--input-shape", "input:1,3,2000000,1"], "larger than"
+    tiny_model(d / "dyn.onnx", dynamic=True)
+    return ["profile", "dyn.onnx", "--input-shape", "input:1,3,999999,999999"], "elements, more than"
 
 
 @case("compress with a 1-sample npz")
@@ -262,6 +262,18 @@ def _(d, done):
 def _(d, done):
     m, data = _md(d)
     return ["compress", m, "--data", data, "-o", "out", *TINY, "--time-budget", "inf"], "finite"
+
+
+@case("sensitivity -o an existing file")
+def _(d, done):
+    m, data = _md(d)
+    return ["sensitivity", m, "--data", data, "-o", data, "--eval-samples", "16"], "is a file"
+
+
+@case("sensitivity --calib-samples 0")
+def _(d, done):
+    m, data = _md(d)
+    return ["sensitivity", m, "--data", data, "-o", "out", "--calib-samples", "0"], "--calib-samples"
 
 
 # ---- user metric -----------------------------------------------------------------------------

@@ -13,8 +13,9 @@ __all__ = ["tiny_model", "tiny_data", "N_CLASSES"]
 N_CLASSES = 4
 
 
-def tiny_model(path: pathlib.Path, opset: int = 17, seed: int = 0) -> pathlib.Path:
-    """Conv(3->8, 3x3) + Relu + Conv(8->8) + Relu + GlobalAveragePool + Flatten + Gemm(8->4)."""
+def tiny_model(path: pathlib.Path, opset: int = 17, seed: int = 0, dynamic: bool = False) -> pathlib.Path:
+    """Conv(3->8, 3x3) + Relu + Conv(8->8) + Relu + GlobalAveragePool + Flatten + Gemm(8->4);
+    input (N, 3, 6, 6), or (N, 3, H, W) with ``dynamic``."""
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.4
     b1 = rng.standard_normal(8).astype(np.float32) * 0.1
@@ -35,7 +36,7 @@ def tiny_model(path: pathlib.Path, opset: int = 17, seed: int = 0) -> pathlib.Pa
              ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (w3, "w3"), (b3, "b3"))]
     graph = helper.make_graph(
         nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"] if dynamic else ["N", 3, 6, 6])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", N_CLASSES])],
         inits,
     )

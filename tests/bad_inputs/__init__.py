@@ -1,0 +1,1 @@
+"""The bad-input corpus and fault tests of issue 15."""
