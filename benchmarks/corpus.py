@@ -784,11 +784,18 @@ def ort_quantize_static(src: pathlib.Path, dst: pathlib.Path, calib: dict[str, n
     weights stored as Constant nodes, as paddle2onnx writes them, stay float)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    import os
+
     pre = dst.with_name(dst.stem + "_pre.onnx")
+    cwd = os.getcwd()
+    os.chdir(dst.parent)  # quant_pre_process leaves a temporary file in the working directory
     try:
-        quant_pre_process(str(src), str(pre))
-    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs: skip only it
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs: skip it
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    finally:
+        os.chdir(cwd)
     src = pre
     from onnxruntime.quantization import (
         CalibrationDataReader,
