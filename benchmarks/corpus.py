@@ -784,6 +784,10 @@ def _fmt_fid(f: dict | None) -> str:
     return f"{f['agreement'] * 100:.1f}%" if "agreement" in f else f"{f['sqnr_db']:.1f}dB"
 
 
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def _batch(sig: dict) -> int | None:
     """The original's fixed batch size, or None if dynamic."""
     dims = next(iter(sig.values()))[1]
@@ -845,7 +849,14 @@ def ort_quantize_static(src: pathlib.Path, dst: pathlib.Path, calib: dict[str, n
 
     import os
 
+    import onnx
+
     pre = dst.with_name(dst.stem + "_pre.onnx")
+    model = onnx.load(str(src))
+    if _opset(model) < 13:  # ORT's per-channel QDQ needs opset 13 (below, it writes an invalid model)
+        up = dst.with_name(dst.stem + "_opset13.onnx")
+        onnx.save(onnx.version_converter.convert_version(model, 13), str(up))
+        src = up
     cwd = os.getcwd()
     os.chdir(dst.parent)  # quant_pre_process leaves a temporary file in the working directory
     try:
@@ -911,7 +922,7 @@ def run_entry(entry: Entry, settings: Settings, workdir: pathlib.Path, profiles:
     row: dict = {
         "model": entry.name, "package": f"{entry.package}=={importlib.metadata.version(entry.package)}",
         "path": entry.relpath, "exporter": entry.exporter, "producer": f"{original.producer_name} {original.producer_version}".strip(),
-        "opset": next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), None),
+        "opset": _opset(original),
         "kind": entry.kind, "input_shape": " ".join(shape_args[1::2]), "samples": {"calib": settings.calib, "eval": settings.eval},
     }
     cmds: dict[str, dict] = {}
