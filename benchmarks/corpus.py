@@ -1056,18 +1056,20 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     import tempfile
 
-    from rich.console import Console
-    from rich.table import Table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", help="comma-separated corpus names (default: all installed)")
     ap.add_argument("--quick", action="store_true", help="few samples, a one-generation search")
     ap.add_argument("--no-compress", action="store_true")
+    ap.add_argument("--merge", help="comma-separated result JSON files of partial runs: print one table, write "
+                    "--output (a model's row from a later file replaces an earlier one)")
     ap.add_argument("--jobs", type=int, default=1, help="models run in parallel (each command is single-process "
                     "except compress's workers)")
     ap.add_argument("--workdir", help="where data and outputs go (default: a temporary folder)")
     ap.add_argument("--output", default=str(RESULTS / "corpus.json"))
     args = ap.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge.split(","), args.output)
     names = args.models.split(",") if args.models else [e.name for e in CORPUS]
     entries = [by_name(n) for n in names]
     missing = [e.name for e in entries if not e.available()]
@@ -1098,6 +1100,16 @@ def main(argv: list[str] | None = None) -> int:
             for e in entries:
                 rows.append(_run_safely(e.name, settings, workdir, profiles, not args.no_compress))
                 _write(rows, settings, args.output)
+    print_report(rows)
+    print(f"wrote {args.output}")
+    return 0 if all("harness_error" not in r for r in rows) else 1
+
+
+def print_report(rows: list[dict]) -> None:
+    """The table, then every failing command, emitted-file problem and baseline failure."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(width=250)
     table = Table(title="Corpus: every command on real models (fidelity vs the original on held-out samples: "
                         "top-1 agreement for classifiers, output SQNR otherwise)")
@@ -1120,8 +1132,6 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in r.get("fidelity", {}).items():
             if "error" in v:
                 console.print(f"{r['model']} fidelity {k}: {v['error']}", highlight=False, soft_wrap=True)
-    print(f"wrote {args.output}")
-    return 0 if all("harness_error" not in r for r in rows) else 1
 
 
 def _run_safely(name: str, settings: Settings, workdir: pathlib.Path, profiles: list[str], compress: bool) -> dict:
@@ -1136,6 +1146,21 @@ def _run_safely(name: str, settings: Settings, workdir: pathlib.Path, profiles: 
 
         traceback.print_exc(file=sys.stderr)
         return {"model": e.name, "exporter": e.exporter, "opset": None, "harness_error": f"{type(exc).__name__}: {exc}"}
+
+
+def _merge(files: list[str], out: str) -> int:
+    by_model: dict[str, dict] = {}
+    settings = None
+    for f in files:
+        data = json.loads(pathlib.Path(f).read_text())
+        settings = settings or data.get("settings")
+        by_model.update({r["model"]: r for r in data["rows"]})
+    order = [e.name for e in CORPUS]
+    rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    _write(rows, Settings(**settings) if settings else Settings(), out)
+    print_report(rows)
+    print(f"wrote {out}")
+    return 0
 
 
 def _write(rows: list[dict], settings: Settings, out: str) -> None:
