@@ -161,8 +161,11 @@ def quantize_weight(w: np.ndarray, bits: int, axis: int | None, method: str = "m
         # the ratio is chosen on at most _SAMPLE evenly strided weights per channel plus its
         # extremes (which set the range), for all candidate ratios at once; every weight is
         # then quantized once with the chosen scale
-        step = max(1, rows.shape[1] // _SAMPLE)
-        sample = np.concatenate([rows[:, ::step], hi[:, None], lo[:, None]], axis=1)
+        if rows.shape[1] <= _SAMPLE:  # every weight once: the chosen ratio is the exact optimum
+            sample = rows
+        else:
+            step = rows.shape[1] // _SAMPLE
+            sample = np.concatenate([rows[:, ::step], hi[:, None], lo[:, None]], axis=1)
         scales = (_RATIOS[:, None] * maxabs[None, :] / qmax).astype(np.float32)[:, :, None]  # R, C, 1
         q = np.rint(sample[None] / scales)
         np.clip(q, -qmax, qmax, out=q)

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
@@ -307,6 +307,7 @@ def test_ort_fuses_8bit_qdq(demo) -> None:
 
 
 @settings(max_examples=40, deadline=None)
+@example(bits=3, rows=2, cols=2, per_channel=False, seed=2949, method="mse")  # extremes were counted twice
 @given(bits=st.sampled_from(WEIGHT_BITS), rows=st.integers(1, 6), cols=st.integers(1, 40),
        per_channel=st.booleans(), seed=st.integers(0, 2**16), method=st.sampled_from(["mse", "maxabs"]))
 def test_quantize_weight_range_and_error(bits, rows, cols, per_channel, seed, method) -> None:
