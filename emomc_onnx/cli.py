@@ -184,7 +184,7 @@ def main(verbose: int) -> None:
 def inspect(model: str | None, demo: bool, as_json: bool, input_shapes: tuple[str, ...]) -> None:
     """Layers, MACs, parameters and channel-dependency groups of MODEL."""
     from emomc_onnx import api
-    from emomc_onnx.report import render_analysis
+    from emomc_onnx.render import render_analysis
 
     analysis = api.analyze(_model_arg(model, demo), input_shapes=input_shapes)
     if as_json:
@@ -230,7 +230,7 @@ def prune(model, demo, ratio, sparsity, pattern, criterion, recovery, multiple, 
         criterion=criterion, recovery=recovery, multiple=multiple, data=_data_arg(data, demo),
         calib_samples=calib_samples, input_shapes=input_shapes,
     )
-    from emomc_onnx.report import render_before_after
+    from emomc_onnx.render import render_before_after
 
     render_before_after(summary, console)
 
@@ -269,7 +269,7 @@ def quantize(model, demo, wbits, abits, data, calibration, per_tensor, calib_sam
              input_shapes) -> None:
     """Quantize MODEL to QDQ with one uniform bit width."""
     from emomc_onnx import api
-    from emomc_onnx.report import render_before_after
+    from emomc_onnx.render import render_before_after
 
     summary = api.quantize(_model_arg(model, demo), output, wbits=int(wbits), abits=int(abits),
                            data=_data_arg(data, demo), calibration=calibration, per_tensor=per_tensor,

@@ -500,20 +500,19 @@ def clone(model: ir.Model) -> ir.Model:
 
 def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a model atomically (temporary file + rename); external data beyond 2 GB."""
+    from emomc_onnx.paths import atomic_write_bytes, output_error
+
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    large = proto.ByteSize() > 2**31 - 1 if proto.ByteSize() < 2**31 - 1 else True
+    if proto.ByteSize() < 2**31 - 1:
+        atomic_write_bytes(p, proto.SerializeToString(deterministic=True))
+        return p
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")  # over 2 GB: weights beside it, as onnx writes them
     try:
-        if large:
-            onnx.save(proto, str(tmp), save_as_external_data=True, location=p.name + ".data")
-        else:
-            tmp.write_bytes(proto.SerializeToString(deterministic=True))
+        onnx.save(proto, str(tmp), save_as_external_data=True, location=p.name + ".data")
         os.replace(tmp, p)
     except OSError as exc:  # a directory at p, a full disk, an unwritable place: no temp file left
         tmp.unlink(missing_ok=True)
-        from emomc_onnx.paths import output_error
-
         raise output_error(p, exc) from None
     return p

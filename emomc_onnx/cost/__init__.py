@@ -24,7 +24,7 @@ from emomc_onnx.cost.model import (
     to_dict,
 )
 from emomc_onnx.cost.profile import Profile, list_profiles, load_profile, parse_profile
-from emomc_onnx.cost.report import render, render_comparison
+from emomc_onnx.cost.render import render, render_comparison
 
 __all__ = [
     "SCHEMES",

@@ -17,19 +17,17 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from emomc_onnx.analysis import Analysis, analyze
+from emomc_onnx.analysis import Analysis
 from emomc_onnx.analysis.ops import op_spec
 from emomc_onnx.errors import PlanError
 from emomc_onnx.passes.ir_utils import add_initializer
 
 __all__ = [
     "PruningPlan",
-    "ChannelPruningPass",
     "group_importance",
     "select_channels",
     "uniform_plan",
     "round_keep",
-    "prune_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -180,27 +178,6 @@ def _keep_one_per_part(analysis: Analysis, lab_keep: np.ndarray, importance: Map
             lab_keep[labels[np.argmax(score[labels])]] = True
 
 
-class ChannelPruningPass(ir.passes.InPlacePass):
-    """Remove channels as a plan says (in place: callers clone first)."""
-
-    def __init__(self, plan: PruningPlan, analysis: Analysis | None = None) -> None:
-        super().__init__()
-        self.plan = plan
-        self.analysis = analysis
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        analysis = self.analysis or analyze(model)
-        if not any(k < next((g.channels for g in analysis.groups if g.id == gid), k + 1)
-                   for gid, k in self.plan.keep.items()):
-            # validate names even for a keep-all plan
-            select_channels(analysis, self.plan, {g.id: np.zeros(g.channels) for g in analysis.groups})
-            return ir.passes.PassResult(model, modified=False)
-        importance = group_importance(model, analysis, self.plan.criterion, self.plan.activations)
-        keep = select_channels(analysis, self.plan, importance)
-        apply_keep_mask(model, analysis, keep)
-        return ir.passes.PassResult(model, modified=True)
-
-
 def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> None:
     """Cut every recorded tensor to the kept channels and re-infer shapes."""
     from emomc_onnx.io import infer_shapes
@@ -311,12 +288,6 @@ def _reset_shapes(model: ir.Model) -> None:
         for v in node.outputs:
             if v.name not in graph_io:
                 v.shape = None
-
-
-def prune_model(model: ir.Model, plan: PruningPlan, analysis: Analysis | None = None) -> ir.Model:
-    """Apply a plan to ``model`` in place and return it."""
-    ChannelPruningPass(plan, analysis)(model)
-    return model
 
 
 def predict_layers(analysis: Analysis, keep: np.ndarray) -> list:
