@@ -10,6 +10,7 @@ uint8 and is fed after a plain cast.
     python benchmarks/train_demo.py --arch demo    # + emomc_onnx/demo/{demo.onnx,data.npz,README.md}
     python benchmarks/train_demo.py --arch vgg16   # benchmarks/models/vgg16.onnx
     python benchmarks/train_demo.py --arch resnet  # benchmarks/models/resnet.onnx
+    python benchmarks/train_demo.py --arch mlp     # benchmarks/models/mlp.onnx (seconds)
 
 Every run writes ``<out>/<arch>.onnx``, ``<out>/mnist_heldout.npz`` and
 ``benchmarks/results/train_<arch>.json``. Training is seeded and deterministic on CPU
@@ -167,7 +168,12 @@ def resnet_net() -> nn.Module:
     )
 
 
-ARCHS = {"demo": (demo_net, 14), "vgg16": (vgg16_net, 20), "resnet": (resnet_net, 16)}
+def mlp_net() -> nn.Module:
+    """A two-layer perceptron (784-128-10): a second, quick-to-train model (selection_bias.py)."""
+    return nn.Sequential(Scale(), nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+ARCHS = {"demo": (demo_net, 14), "vgg16": (vgg16_net, 20), "resnet": (resnet_net, 16), "mlp": (mlp_net, 20)}
 
 
 def shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
