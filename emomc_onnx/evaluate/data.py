@@ -169,6 +169,11 @@ def split_sizes(n: int, calib: int | None, search: int | None, test: int | None,
     for name, v in (("--calib-samples", calib), ("--eval-samples", search), ("--test-samples", test)):
         if v is not None and v < 1:
             raise DataError(f"{name} {v}: need at least 1 sample")
+    least = 2 if separate_test else 3
+    if n < least:
+        raise DataError(f"{source}: {n} sample{'s' if n != 1 else ''}; at least {least} needed (1 calibration, "
+                        f"1 search{'' if separate_test else ', 1 test'} sample; far more for figures that mean "
+                        "something)")
     c = calib if calib is not None else max(1, round(CALIB_SHARE * n))
     if separate_test:
         s = search if search is not None else n - c
@@ -275,8 +280,8 @@ def load_data(path: str | os.PathLike[str]) -> Dataset:
         if arr.ndim == 0:
             raise DataError(f"{p}: array {key!r} is a scalar; axis 0 must index samples")
         if len(arr) == 0:
-            raise DataError(f"{p}: array {key!r} holds 0 samples; at least 1 is needed (2 for compress: "
-                            "1 calibration + 1 evaluation)")
+            raise DataError(f"{p}: array {key!r} holds 0 samples; at least 1 is needed (3 for compress: "
+                            "1 calibration + 1 search + 1 test)")
     if labels is not None:
         labels = _labels(labels, p)
     return Dataset(arrays, labels, str(p))
