@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pathlib
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -77,7 +78,7 @@ class OnnxEvaluator:
             if config.test_data:
                 test_ds = load_data(config.test_data)
                 test_ds.check(specs)
-                data_hash += hashlib.sha256(open(config.test_data, "rb").read()).hexdigest()
+                data_hash += hashlib.sha256(pathlib.Path(config.test_data).read_bytes()).hexdigest()
         else:
             n_syn = sum(v or d for v, d in ((config.calib_samples, 256), (config.eval_samples, 1000),
                                             (config.test_samples, 1000)))

@@ -251,7 +251,7 @@ def make_splits(ds: Dataset, calib: int | None, search: int | None, test: int | 
             raise DataError(f"{test_ds.source}: {n_t} test samples asked, the file has {len(test_ds)}")
         test_idx = np.sort(rng.permutation(len(test_ds))[:n_t]) if n_t < len(test_ds) else np.arange(n_t)
         test_set, source = test_ds.take(test_idx), test_ds.source
-    return Splits(calib=ds.take(calib_idx), search=ds.take(search_idx), race=int(r), test=test_set,
+    return Splits(calib=ds.take(calib_idx), search=ds.take(search_idx), race=r, test=test_set,
                   indices={"calib": calib_idx, "search": search_idx, "test": test_idx}, test_source=source)
 
 

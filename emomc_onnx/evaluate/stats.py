@@ -17,7 +17,7 @@ than on the search split (the winner's curse of a front chosen on the search spl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -161,9 +161,3 @@ def drop_gap(search: dict[str, Any] | None, test: dict[str, Any] | None,
     score = gap / se if se > 0 else (math.inf if gap > 0 else 0.0)
     return {"gap": gap, "se": se, "z": score, "flag": bool(score > z)}
 
-
-def format_ci(ci: Sequence[float] | None, scale: float = 100.0, digits: int = 1) -> str:
-    """``lo-hi`` of an interval (scaled), or an empty string."""
-    if not ci:
-        return ""
-    return f"{scale * ci[0]:.{digits}f}-{scale * ci[1]:.{digits}f}"

@@ -97,7 +97,7 @@ def min_accuracy_fraction(value: float, metric: str | None) -> tuple[float, str 
     in (1, 100] is taken as a percentage (and said so), a value outside [0, 100] refused.
     Returns (the limit, a note for the user or None).
     """
-    if value != value:
+    if math.isnan(value):
         raise DataError("--min-accuracy nan: give a number")
     if metric is not None and metric not in FRACTION_METRICS and ":" not in metric:
         return value, None  # e.g. SQNR in dB: its own unit
