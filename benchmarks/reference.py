@@ -168,7 +168,8 @@ def _key(row: dict) -> tuple:
 
 def _label(row: dict) -> str:
     drop = row.get("max_accuracy_drop")
-    return row["profile"] + (f" (search constrained to {drop:g} pt)" if drop is not None else "")
+    old = "" if row.get("n_test") else " [old: search-split figures, 4,000-digit training]"
+    return row["profile"] + (f" (search constrained to {drop:g} pt)" if drop is not None else "") + old
 
 
 def _command(args, model: str, profile: str) -> str:
