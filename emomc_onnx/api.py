@@ -174,8 +174,11 @@ def compress(
     population: int = 16,
     max_evaluations: int | None = None,
     time_budget_s: float | None = None,
-    eval_samples: int = 1000,
-    calib_samples: int = 256,
+    eval_samples: int | None = None,
+    calib_samples: int | None = None,
+    test_samples: int | None = None,
+    test_data: str | os.PathLike[str] | None = None,
+    split_seed: int = 0,
     metric: str | None = None,
     dataflow: str | None = None,
     coding: str | None = None,
@@ -190,6 +193,9 @@ def compress(
 ):
     """Run the two-stage search and export the front; returns (result, entries, evaluator).
 
+    The data is split once (``split_seed``) into calibration, search and test samples; the
+    front is chosen on the search split and every reported figure is on the test split.
+    ``seed`` seeds the search only.
     OUTDIR is locked for the run; a front of another run (other fingerprint) in it is only
     replaced with ``overwrite``.
     """
@@ -208,7 +214,9 @@ def compress(
         model=str(pathlib.Path(str(model)).resolve()), profile=profile_name,
         data=str(pathlib.Path(str(data)).resolve()) if data else None,
         input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()), dataflow=dataflow, coding=coding,
-        metric=metric, eval_samples=eval_samples, calib_samples=calib_samples, seed=seed, recovery=recovery,
+        metric=metric, eval_samples=eval_samples, calib_samples=calib_samples, test_samples=test_samples,
+        test_data=str(pathlib.Path(str(test_data)).resolve()) if test_data else None, split_seed=split_seed,
+        recovery=recovery,
     )
     evaluator = config()
     evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
@@ -222,7 +230,8 @@ def compress(
             check_front_owner(out, evaluator, overwrite=overwrite)
             with ResultStore.in_dir(out, resume=resume) as store:
                 result = run_search(search_space, config, sconfig, store, progress=progress, seed=seed)
-            entries = export_front(result, evaluator, out, extra_points=extra_points)
+            entries = export_front(result, evaluator, out, extra_points=extra_points,
+                                   splits=evaluator.splits.summary())
     except EmomcError as exc:
         from emomc_onnx.errors import DiskFullError
         from emomc_onnx.paths import discard_new_outdir
@@ -265,7 +274,7 @@ def sensitivity(
         model=str(pathlib.Path(str(model)).resolve()), profile=profile_name,
         data=str(pathlib.Path(str(data)).resolve()) if data else None,
         input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()), metric=metric,
-        eval_samples=eval_samples, calib_samples=calib_samples, seed=seed)
+        eval_samples=eval_samples, calib_samples=calib_samples, split_seed=seed)
     evaluator = config()
     evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
     out, _ = prepare_outdir(outdir)
@@ -276,15 +285,15 @@ def sensitivity(
     return report
 
 
-def _check_run_args(*, seed: int, eval_samples: int, calib_samples: int, max_accuracy_drop) -> None:
+def _check_run_args(*, seed: int, eval_samples: int | None, calib_samples: int | None, max_accuracy_drop) -> None:
     """Refuse compress settings no run can use (the CLI's option types check them too)."""
     import math
 
     if not 0 <= seed < 2**32:
         raise EmomcError(f"--seed {seed}: must be in 0..{2**32 - 1}")
-    if eval_samples < 1:
+    if eval_samples is not None and eval_samples < 1:
         raise EmomcError(f"--eval-samples {eval_samples}: must be >= 1")
-    if calib_samples < 1:
+    if calib_samples is not None and calib_samples < 1:
         raise EmomcError(f"--calib-samples {calib_samples}: must be >= 1 (calibration needs samples)")
     if max_accuracy_drop is not None and not (math.isfinite(max_accuracy_drop) and max_accuracy_drop >= 0):
         raise EmomcError(f"--max-accuracy-drop {max_accuracy_drop}: must be a finite number >= 0")

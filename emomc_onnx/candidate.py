@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pathlib
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -38,12 +39,14 @@ class EvaluatorConfig:
     dataflow: str | None = None
     coding: str | None = None
     metric: str | None = None
-    eval_samples: int = 1000
-    calib_samples: int = 256
+    eval_samples: int | None = None  # search split; None: a third of the file (see evaluate.data)
+    calib_samples: int | None = None  # None: 10% of the file
+    test_samples: int | None = None  # None: what calibration and search leave
+    test_data: str | None = None  # a separate test file
     calibration: str = "minmax"
     recovery: str = "lsq"
     sparse_refit: bool = True
-    seed: int = 0
+    split_seed: int = 0  # fixes the data splits (and recovery's row sample); not the search seed
     threads: int = 1
     batch_size: int = 256
 
@@ -56,7 +59,7 @@ class OnnxEvaluator:
 
     def __init__(self, config: EvaluatorConfig) -> None:
         from emomc_onnx.cost import load_profile
-        from emomc_onnx.evaluate.data import input_specs, load_data, synthetic_data
+        from emomc_onnx.evaluate.data import input_specs, load_data, make_splits, synthetic_data
         from emomc_onnx.evaluate.metrics import resolve_metric
         from emomc_onnx.evaluate.session import make_session, run_batched
         from emomc_onnx.passes.recovery import activation_means, lsq_rows
@@ -67,38 +70,41 @@ class OnnxEvaluator:
         self.original = self.loaded.proto()
         self.profile = load_profile(config.profile)
         specs = input_specs(self.original)
+        test_ds = None
         if config.data:
             ds = load_data(config.data)
             ds.check(specs)
             data_hash = hashlib.sha256(open(config.data, "rb").read()).hexdigest()
+            if config.test_data:
+                test_ds = load_data(config.test_data)
+                test_ds.check(specs)
+                data_hash += hashlib.sha256(pathlib.Path(config.test_data).read_bytes()).hexdigest()
         else:
-            shapes = dict(config.input_shapes)
-            ds = synthetic_data(self.original, config.eval_samples + config.calib_samples, config.seed,
-                                shapes=shapes) if shapes else synthetic_data(
-                self.original, config.eval_samples + config.calib_samples, config.seed)
-            data_hash = f"synthetic-{config.seed}"
-        n = len(ds)
-        calib_n = min(config.calib_samples, max(1, n // 4))
-        calib, rest = ds.split(calib=calib_n, eval=None, seed=config.seed)
-        self.calib_batches = list(calib.batches(64))
-        self.full = rest
-        self.search = rest.subset(min(config.eval_samples, len(rest)), config.seed)
+            n_syn = sum(v or d for v, d in ((config.calib_samples, 256), (config.eval_samples, 1000),
+                                            (config.test_samples, 1000)))
+            ds = synthetic_data(self.original, n_syn, config.split_seed, shapes=dict(config.input_shapes) or None)
+            data_hash = f"synthetic-{config.split_seed}-{n_syn}"
+        self.splits = make_splits(ds, config.calib_samples, config.eval_samples, config.test_samples,
+                                  config.split_seed, test_ds=test_ds)
+        self.calib_batches = list(self.splits.calib.batches(64))
+        self.search, self.test = self.splits.search, self.splits.test
+        self.race_n = self.splits.race
         self._data_hash = data_hash
         self._run = run_batched
         self._make_session = make_session
         ref_sess = make_session(self.original, threads=config.threads)
         self.reference = {
             "search": run_batched(ref_sess, self.search, config.batch_size),
-            "full": run_batched(ref_sess, self.full, config.batch_size),
+            "test": run_batched(ref_sess, self.test, config.batch_size),
         }
-        out0 = self.reference["full"][0]
+        out0 = self.reference["test"][0]
         is_classifier = out0.ndim == 2 and out0.shape[1] > 1
-        self.metric = resolve_metric(config.metric, has_labels=self.full.labels is not None,
+        self.metric = resolve_metric(config.metric, has_labels=self.search.labels is not None,
                                      is_classifier=is_classifier)
         self.means = (activation_means(self.original, self.calib_batches, self.analysis.layers)
                       if config.recovery == "bias" else None)
         self.rows = (lsq_rows(self.loaded.model, self.analysis.layers, self.original, self.calib_batches,
-                              max_rows=1024, seed=config.seed)
+                              max_rows=1024, seed=config.split_seed)
                      if config.recovery == "lsq" else None)
         self._ranges_cache: dict[str, dict] = {}
         self._arch_cache = _LRU(256 << 20)  # float models per architecture
@@ -263,10 +269,17 @@ class OnnxEvaluator:
         a = int(getattr(self.profile, "baseline_activation_bits", b) or b)
         return b, a
 
-    def evaluate(self, plan, subset: str = "search"):
+    def evaluate(self, plan, subset: str = "search", gate=None):
+        """Build a plan's model and measure it on ``subset`` ("search" or "test").
+
+        With a ``gate`` (racing), the search split's first ``race_n`` samples are measured
+        first; the rest only if ``gate(evaluation)`` is true (the candidate may be
+        non-dominated), else the racing-subset figures come back with ``raced_out`` set.
+        """
         t0 = time.perf_counter()
         proto = self.build(plan)
-        return self._measure(proto, subset, lambda: self.cost(proto, plan), build_s=time.perf_counter() - t0)
+        return self._measure(proto, subset, lambda: self.cost(proto, plan), build_s=time.perf_counter() - t0,
+                             gate=gate)
 
     def evaluate_model(self, proto: onnx.ModelProto, subset: str = "search"):
         """Figures of a model built elsewhere (e.g. ONNX Runtime's quantize_static output) on
@@ -277,17 +290,64 @@ class OnnxEvaluator:
             proto, self.profile, self.config.dataflow, self.config.coding,
             input_shapes=dict(self.config.input_shapes) or None))
 
-    def _measure(self, proto: onnx.ModelProto, subset: str, cost, build_s: float = 0.0):
+    def _figure(self, outs: list[np.ndarray], subset: str, n: int | None = None) -> tuple[float, dict]:
+        """The metric on ``subset`` (its first ``n`` samples) and its statistics vs the original."""
+        from emomc_onnx.evaluate.stats import describe
+
+        ds = self.search if subset == "search" else self.test
+        ref = self.reference[subset]
+        labels = ds.labels
+        if n is not None and n < len(ds):
+            ref = [r[:n] for r in ref]
+            labels = None if labels is None else labels[:n]
+        m = self.metric
+        value = float(m(outs, ref, labels))
+        ref_value = float(m(ref, ref, labels))
+        per = ref_per = None
+        if m.per_sample is not None:
+            per, ref_per = m.per_sample(outs, ref, labels), m.per_sample(ref, ref, labels)
+
+        def recompute(idx: np.ndarray) -> tuple[float, float]:
+            r = [a[idx] for a in ref]
+            lab = None if labels is None else labels[idx]
+            return float(m([o[idx] for o in outs], r, lab)), float(m(r, r, lab))
+
+        stats = describe(value, ref_value, per, ref_per, len(outs[0]), binary=m.binary, recompute=recompute,
+                         intervals=subset == "test", seed=self.config.split_seed)
+        stats["split"] = "race" if subset == "search" and n is not None and n < len(ds) else subset
+        return value, stats
+
+    def _measure(self, proto: onnx.ModelProto, subset: str, cost, build_s: float = 0.0, gate=None):
         from emomc_onnx.search.evaluator import Evaluation
 
+        if subset not in ("search", "test"):
+            raise ValueError(f"unknown subset {subset!r} (search or test)")
         t1 = time.perf_counter()
-        ds = self.search if subset == "search" else self.full
         sess = self._make_session(proto, threads=self.config.threads)
         t2 = time.perf_counter()
-        outs = self._run(sess, ds, self.config.batch_size)
+        raced_out = False
+        mc = None
+        if subset == "search" and gate is not None and self.race_n < len(self.search):
+            # racing: the cheap prefix first, the rest only if the candidate may be non-dominated
+            head = self.search.take(np.arange(self.race_n))
+            outs = self._run(sess, head, self.config.batch_size)
+            value, stats = self._figure(outs, subset, self.race_n)
+            mc = cost()
+            probe = Evaluation(metric=value, energy=float(mc.energy), size_bits=float(mc.size_bits), macs=0,
+                               params=0, extra={"stats": stats})
+            raced_out = not gate(probe)
+            if not raced_out:
+                tail = self.search.take(np.arange(self.race_n, len(self.search)))
+                rest = self._run(sess, tail, self.config.batch_size)
+                outs = [np.concatenate([a, b]) for a, b in zip(outs, rest)]
+                value, stats = self._figure(outs, subset)
+        else:
+            ds = self.search if subset == "search" else self.test
+            outs = self._run(sess, ds, self.config.batch_size)
+            value, stats = self._figure(outs, subset)
         t3 = time.perf_counter()
-        value = float(self.metric(outs, self.reference[subset], ds.labels))
-        mc = cost()
+        if mc is None:
+            mc = cost()
         t4 = time.perf_counter()
         macs = int(sum(r.macs for r in mc.layers)) if hasattr(mc, "layers") else 0
         params = _params(proto)
@@ -296,15 +356,15 @@ class OnnxEvaluator:
             extra={"timing_s": {"build": build_s, "session": t2 - t1, "inference": t3 - t2,
                                 "cost": t4 - t3},
                    "metric_name": self.metric.name, "dataflow": getattr(mc, "dataflow", None),
-                   "coding": getattr(mc, "coding", None)},
+                   "coding": getattr(mc, "coding", None), "stats": stats, "raced_out": raced_out},
         )
 
     def baseline(self):
-        """The unmodified model, float, costed at the profile's baseline bits."""
+        """The unmodified model, float, costed at the profile's baseline bits, on the test split."""
         from emomc_onnx.search.space import CompressionPlan
 
         if self._baseline is None:
-            self._baseline = self.evaluate(CompressionPlan(keep={}, density={}, wbits={}, abits={}), "full")
+            self._baseline = self.evaluate(CompressionPlan(keep={}, density={}, wbits={}, abits={}), "test")
         return self._baseline
 
 

@@ -330,10 +330,18 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
               help="Total candidates for the run (default: no limit but the generations).")
 @click.option("--time-budget", type=_Finite(0.0, min_open=True), default=None,
               help="Seconds for the whole search.")
-@click.option("--eval-samples", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Samples each candidate is measured on during the search (the front: on all).")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Calibration samples (disjoint from evaluation; at most a quarter of --data).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=None,
+              help="Calibration samples (default: 10% of --data).")
+@click.option("--eval-samples", type=click.IntRange(min=1), default=None,
+              help="Search samples: candidates are ranked and the front chosen on these (default: a third "
+                   "of --data).")
+@click.option("--test-samples", type=click.IntRange(min=1), default=None,
+              help="Test samples: every reported figure is on these, never seen by the search (default: the "
+                   "rest of --data, or all of --test-data).")
+@click.option("--test-data", type=click.Path(), default=None,
+              help="A separate .npz for the test split (then --data holds calibration + search samples).")
+@click.option("--split-seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
+              help="Fixes the calibration/search/test split (--seed changes the search, not the data).")
 @click.option("--metric", default=None,
               help="accuracy | agreement | sqnr | cosine | module:function (default: accuracy with "
                    "labels, else agreement).")
@@ -346,12 +354,13 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse candidates already evaluated in OUTDIR/results.sqlite.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
-              help="Seed of the whole run (same seed, same front).")
+              help="Seed of the search (same seed, same front); not of the data split.")
 @input_shape_option
 @_handle_errors
 def compress(model, demo, profile_name, data, outdir, overwrite, space, objectives, max_accuracy_drop,
-             generations, population, max_evaluations, time_budget, eval_samples, calib_samples, metric,
-             dataflow, coding, workers, recovery, resume, seed, input_shapes) -> None:
+             generations, population, max_evaluations, time_budget, calib_samples, eval_samples, test_samples,
+             test_data, split_seed, metric, dataflow, coding, workers, recovery, resume, seed,
+             input_shapes) -> None:
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
     from emomc_onnx.errors import DiskFullError
@@ -362,11 +371,12 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
     existed = os.path.isdir(outdir) if outdir.strip() else True
     try:
         with SearchProgress(console) as bar:
-            result, entries, _ = api.compress(
+            result, entries, evaluator = api.compress(
                 _model_arg(model, demo), outdir, profile_name=profile_name, data=_data_arg(data, demo),
                 space=space, objectives=objs, max_accuracy_drop=max_accuracy_drop, generations=generations,
                 population=population, max_evaluations=max_evaluations, time_budget_s=time_budget,
-                eval_samples=eval_samples, calib_samples=calib_samples, metric=metric, dataflow=dataflow,
+                eval_samples=eval_samples, calib_samples=calib_samples, test_samples=test_samples,
+                test_data=test_data, split_seed=split_seed, metric=metric, dataflow=dataflow,
                 coding=coding, workers=workers, resume=resume, seed=seed, input_shapes=input_shapes,
                 progress=bar.update, recovery=recovery, overwrite=overwrite,
             )
@@ -374,7 +384,7 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
         raise DiskFullError(f"{exc}; the run is resumable: free some space, then {RESUME_HINT}") from None
     if not existed:
         console.print(f"created {outdir}/ (with parent folders as needed, and a .gitignore holding '*')")
-    render_summary(entries, console, baseline=result.baseline)
+    render_summary(entries, console, baseline=result.baseline, splits=evaluator.splits.summary())
     for kind, f in result.failures().items():
         if f["candidates"] and f["failed"] == f["candidates"]:
             err_console.print(f"[bold yellow]warning:[/] every {kind} candidate failed ({f['failed']} of "
@@ -450,7 +460,8 @@ def sensitivity(model, demo, profile_name, data, outdir, eval_samples, calib_sam
               help="Energy limit per sample, in the unit front.json records (units.energy; the profile's).")
 @click.option("--max-size", "max_size", type=_Size(), default=None,
               help="Coded size limit: 200KiB, 1.5MB, 4096B, ... (a bare number is bits).")
-@click.option("--min-accuracy", type=float, default=None, help="Minimum metric on the full data (0..1).")
+@click.option("--min-accuracy", type=float, default=None,
+              help="Minimum test-split accuracy: a fraction (0.97) or a percentage (97).")
 @click.option("--prefer", type=click.Choice(["energy", "size", "accuracy"]), default="energy", show_default=True,
               help="Among the members that fit: lowest energy, smallest, or most accurate.")
 @click.option("-o", "--output", type=click.Path(), default=None,
@@ -459,18 +470,27 @@ def sensitivity(model, demo, profile_name, data, outdir, eval_samples, calib_sam
 def select(outdir, max_energy, max_size, min_accuracy, prefer, output) -> None:
     """Pick the best front member of OUTDIR that fits a device; exit code 1 if none fits."""
     from emomc_onnx import api
-    from emomc_onnx.export.select import member_path
+    from emomc_onnx.export.select import load_front, member_path, min_accuracy_fraction
     from emomc_onnx.paths import atomic_write_bytes, check_output_file
 
     if output is not None:
         check_output_file(output)
+    if min_accuracy is not None:
+        meta, _ = load_front(outdir)
+        min_accuracy, note = min_accuracy_fraction(min_accuracy, meta.get("metric"))
+        if note:
+            err_console.print(note, highlight=False)
     entry = api.select(outdir, max_energy=max_energy, max_size_bits=max_size, min_accuracy=min_accuracy,
                        prefer=prefer)
     if entry is None:
-        err_console.print("no front member fits these limits")
+        err_console.print("no front member fits these limits (members breaking --max-accuracy-drop on "
+                          "the test split are never offered)")
         sys.exit(1)
     src = member_path(outdir, entry)
-    console.print(f"selected {src.name}: accuracy {entry.accuracy:.4f}, energy {entry.energy:.4g}, "
+    ci = entry.accuracy_ci95
+    ci_txt = f" (95% CI {100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if ci else ""
+    console.print(f"selected {src.name}: test accuracy {100 * entry.accuracy:.2f}%{ci_txt} on "
+                  f"{entry.n_test} test samples, energy {entry.energy:.4g}, "
                   f"size {entry.size_bits / 8 / 1024:.1f} KiB")
     if output:
         atomic_write_bytes(output, src.read_bytes())

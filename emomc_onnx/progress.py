@@ -38,7 +38,7 @@ class SearchProgress:
         if event.phase == "search":
             what = f"stage {event.stage} gen {event.generation + 1}/{event.generations}"
         elif event.phase == "front":
-            what = "front: measuring on all samples"
+            what = "front: measuring on the test split"
         else:
             what = "done"
         total = event.max_evaluations

@@ -1,4 +1,9 @@
-"""End to end on the embedded demo: a tiny search writes every output, and they re-evaluate exactly."""
+"""End to end on the embedded demo: a tiny search writes every output, and they re-evaluate exactly.
+
+The figures reported are on the test split: re-running each emitted file on those samples
+(recomputed from the split seed) gives the reported accuracy exactly, and on the search
+split the search figure, and the two splits share no sample.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,16 @@ from emomc_onnx.api import demo_paths
 from emomc_onnx.cli import main
 
 
+ARGS = ["--generations", "1", "--population", "6", "--workers", "1", "--eval-samples", "300",
+        "--calib-samples", "64", "--test-samples", "600"]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("compress")
-    result = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), "--generations", "1",
-                                       "--population", "6", "--workers", "1", "--eval-samples", "300",
-                                       "--calib-samples", "64"])
+    result = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), *ARGS])
     assert result.exit_code == 0, result.output
+    assert "600 test samples the search never saw" in result.output.replace("\n", " ")
     return out
 
 
@@ -29,35 +37,53 @@ def test_outputs_exist_and_parse(run_dir) -> None:
         assert (run_dir / name).stat().st_size > 0, name
     front = json.loads((run_dir / "front.json").read_text())
     assert front["members"]
-    errors = [(m["error"], m["energy"], m["size_bits"]) for m in front["members"]]
-    for a in errors:  # non-dominated on the recorded full-data figures
+    errors = [(1 - m["metric_search"], m["energy"], m["size_bits"]) for m in front["members"]]
+    for a in errors:  # non-dominated on the search figures it was chosen on
         assert not any(all(bi <= ai for ai, bi in zip(a, b)) and b != a for b in errors)
 
 
-def test_front_members_run_and_reevaluate_to_recorded_accuracy(run_dir) -> None:
+def test_reported_figure_is_the_test_split_and_search_is_other_samples(run_dir) -> None:
+    from emomc_onnx.evaluate.data import load_data, make_splits
+
     front = json.loads((run_dir / "front.json").read_text())
-    data = np.load(demo_paths()[1])
-    x, y = data["input"].astype(np.float32), data["labels"]
+    ds = load_data(demo_paths()[1])
+    sp = make_splits(ds, 64, 300, 600, seed=0)
+    assert front["splits"]["test"]["n"] == 600 and front["splits"]["search"]["n"] == 300
+    assert front["splits"] == json.loads(json.dumps(sp.summary()))  # same indices (hashes)
+    used = [set(sp.indices[k].tolist()) for k in ("calib", "search", "test")]
+    assert not (used[0] & used[1] or used[0] & used[2] or used[1] & used[2])
+    differ = 0
     for member in front["members"]:
         path = run_dir / member["file"]
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        pred = sess.run(None, {"input": x})[0].argmax(1)
-        # the full-data figure is over the evaluation samples (all but the calibration ones)
-        n_eval = len(x) - 64
-        acc_all = (pred == y).mean()
-        assert abs(acc_all - member["accuracy"]) <= 64 / len(x) + 1e-9
-    # exact re-evaluation on the same evaluation split
-    from emomc_onnx.evaluate.data import load_data
+        acc = {}
+        for name, split in (("test", sp.test), ("search", sp.search)):
+            pred = sess.run(None, {"input": split.arrays["input"].astype(np.float32)})[0].argmax(1)
+            acc[name] = float((pred == split.labels).mean())
+        assert member["accuracy"] == member["metric_test"] == pytest.approx(acc["test"], abs=1e-12)
+        assert member["metric_search"] == pytest.approx(acc["search"], abs=1e-12)
+        lo, hi = member["accuracy_ci95"]
+        assert lo <= member["accuracy"] <= hi and member["n_test"] == 600
+        differ += acc["test"] != acc["search"]
+    assert differ  # the two figures are distinguishable, so the check above can fail
 
-    ds = load_data(demo_paths()[1])
-    _, ev = ds.split(calib=64, eval=None, seed=0)
-    for member in front["members"]:
-        sess = ort.InferenceSession(str(run_dir / member["file"]), providers=["CPUExecutionProvider"])
-        pred = sess.run(None, {"input": ev.arrays["input"].astype(np.float32)})[0].argmax(1)
-        assert (pred == ev.labels).mean() == pytest.approx(member["accuracy"], abs=1e-12)
-    assert n_eval == len(ev)
+
+def test_seed_changes_the_search_not_the_split(run_dir, tmp_path) -> None:
+    base = json.loads((run_dir / "front.json").read_text())["splits"]
+    other = tmp_path / "seed1"
+    r = CliRunner().invoke(main, ["compress", "--demo", "-o", str(other), *ARGS, "--seed", "1",
+                                  "--max-evaluations", "4"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((other / "front.json").read_text())["splits"] == base
+    moved = tmp_path / "split1"
+    r = CliRunner().invoke(main, ["compress", "--demo", "-o", str(moved), *ARGS, "--split-seed", "1",
+                                  "--max-evaluations", "4"])
+    assert r.exit_code == 0, r.output
+    split1 = json.loads((moved / "front.json").read_text())["splits"]
+    for name in ("calib", "search", "test"):
+        assert split1[name]["n"] == base[name]["n"]
+        assert split1[name]["indices_sha256"] != base[name]["indices_sha256"], name
 
 
 def test_select_picks_or_exits_1(run_dir, tmp_path) -> None:
@@ -69,16 +95,19 @@ def test_select_picks_or_exits_1(run_dir, tmp_path) -> None:
     fits = [m for m in front["members"] if m["accuracy"] >= 0.5]
     assert onnx.load(str(out)).SerializeToString() == onnx.load(
         str(run_dir / min(fits, key=lambda m: m["energy"])["file"])).SerializeToString()
-    none = CliRunner().invoke(main, ["select", str(run_dir), "--min-accuracy", "1.01"])
+    none = CliRunner().invoke(main, ["select", str(run_dir), "--min-accuracy", "100"])
     assert none.exit_code == 1
+    pct = CliRunner().invoke(main, ["select", str(run_dir), "--min-accuracy", "50"])
+    assert pct.exit_code == 0 and "read as 50%" in pct.output
+    assert "test accuracy" in pct.output and "95% CI" in pct.output
+    bad_pct = CliRunner().invoke(main, ["select", str(run_dir), "--min-accuracy", "150"])
+    assert bad_pct.exit_code == 2 and "percentage" in bad_pct.output
     bad = CliRunner().invoke(main, ["select", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
 
 
 def test_resume_reevaluates_nothing(run_dir) -> None:
-    result = CliRunner().invoke(main, ["compress", "--demo", "-o", str(run_dir), "--generations", "1",
-                                       "--population", "6", "--workers", "1", "--eval-samples", "300",
-                                       "--calib-samples", "64"])
+    result = CliRunner().invoke(main, ["compress", "--demo", "-o", str(run_dir), *ARGS])
     assert result.exit_code == 0, result.output
     assert "0 evaluated" in result.output
 
@@ -124,7 +153,7 @@ def test_any_genome_builds_a_valid_smaller_model(evaluator) -> None:
     codec = GenomeCodec(space)
     xl, xu = codec.bounds(2)
     base_params = _params(evaluator.original)
-    x = evaluator.full.arrays["input"][:4]
+    x = evaluator.test.arrays["input"][:4]
 
     @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.integers(0, 10**6), min_size=len(xu), max_size=len(xu)))
@@ -152,7 +181,7 @@ def test_plans_on_one_architecture_share_calibration(evaluator) -> None:
     first = CompressionPlan(keep={}, density={}, wbits={names[0]: 8}, abits={names[0]: 8})
     last = CompressionPlan(keep={}, density={}, wbits={names[-1]: 6}, abits={names[-1]: 8})
     evaluator._ranges_cache.clear()
-    x = evaluator.full.arrays["input"][:4]
+    x = evaluator.test.arrays["input"][:4]
     for plan in (first, last):
         proto = evaluator.build(plan)
         out = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0]
@@ -167,7 +196,7 @@ def test_external_model_measured_like_a_candidate(evaluator) -> None:
     from emomc_onnx.search.space import CompressionPlan
 
     base = evaluator.baseline()
-    ext = evaluator.evaluate_model(evaluator.original, "full")
+    ext = evaluator.evaluate_model(evaluator.original, "test")
     assert ext.metric == base.metric
     assert ext.energy == pytest.approx(base.energy, rel=1e-9)
     assert ext.size_bits == pytest.approx(base.size_bits, rel=1e-9)
@@ -194,8 +223,8 @@ def test_sparse_refit_keeps_density_and_recovers_accuracy(evaluator) -> None:
     refit, plain = evaluator.build(plan), plain_ev.build(plan)
     assert weight_density(refit) == weight_density(plain)
     base = evaluator.baseline().metric
-    acc_refit = evaluator.evaluate(plan, "full").metric
-    acc_plain = plain_ev.evaluate(plan, "full").metric
+    acc_refit = evaluator.evaluate(plan, "test").metric
+    acc_plain = plain_ev.evaluate(plan, "test").metric
     assert acc_refit > acc_plain
     assert base - acc_refit < 0.5 * (base - acc_plain)
 
@@ -213,7 +242,7 @@ def test_cached_layers_build_the_same_model(evaluator) -> None:
     codec = GenomeCodec(make_space(evaluator))
     xl, xu = codec.bounds(1)
     n = len(xu)
-    x = evaluator.full.arrays["input"][:16]
+    x = evaluator.test.arrays["input"][:16]
 
     def inits(proto):
         return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}

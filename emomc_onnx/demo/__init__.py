@@ -24,5 +24,5 @@ def demo_model_path() -> pathlib.Path:
 
 
 def demo_data_path() -> pathlib.Path:
-    """1,000 held-out MNIST digits: ``input`` uint8 (1000, 1, 28, 28), ``labels`` int64."""
+    """3,000 held-out MNIST digits: ``input`` uint8 (3000, 1, 28, 28), ``labels`` int64."""
     return _file("data.npz")

@@ -20,7 +20,15 @@ import onnx
 
 from emomc_onnx.errors import DataError
 
-__all__ = ["Dataset", "InputSpec", "input_specs", "load_data", "synthetic_data"]
+__all__ = ["Dataset", "InputSpec", "Splits", "input_specs", "load_data", "make_splits", "split_sizes",
+           "synthetic_data"]
+
+CALIB_SHARE = 0.10
+"""Default share of the file for calibration (300 of the demo's 3,000 held-out digits)."""
+SEARCH_SHARE = 1 / 3
+"""Default share of the file the search ranks candidates on (1,000 of the demo's 3,000)."""
+RACE_SHARE = 0.25
+"""Share of the search split every candidate is first measured on (racing)."""
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +158,103 @@ class Dataset:
             yield {k: v[i:i + batch_size] for k, v in self.arrays.items()}
 
 
+def split_sizes(n: int, calib: int | None, search: int | None, test: int | None,
+                separate_test: bool = False, source: str = "<data>") -> tuple[int, int, int]:
+    """Calibration, search and test sample counts for a file of ``n`` samples.
+
+    Defaults: 10% calibration, a third search, the rest test (the demo's 3,000: 300 / 1,000 /
+    1,700). With a separate test file the test count is 0 here and the search split takes
+    what calibration leaves. Raises DataError when the counts do not fit in the file.
+    """
+    for name, v in (("--calib-samples", calib), ("--eval-samples", search), ("--test-samples", test)):
+        if v is not None and v < 1:
+            raise DataError(f"{name} {v}: need at least 1 sample")
+    least = 2 if separate_test else 3
+    if n < least:
+        raise DataError(f"{source}: {n} sample{'s' if n != 1 else ''}; at least {least} needed (1 calibration, "
+                        f"1 search{'' if separate_test else ', 1 test'} sample; far more for figures that mean "
+                        "something)")
+    c = calib if calib is not None else max(1, round(CALIB_SHARE * n))
+    if separate_test:
+        s = search if search is not None else n - c
+        t = 0
+    else:
+        s = search if search is not None else max(1, round(SEARCH_SHARE * n))
+        t = test if test is not None else n - c - s
+    need = c + s + t
+    if need > n or s < 1 or (not separate_test and t < 1):
+        raise DataError(f"{source}: {n} samples cannot hold {c} calibration + {s} search"
+                        + ("" if separate_test else f" + {max(t, 0)} test")
+                        + " samples (all three must be disjoint and non-empty; lower --calib-samples / "
+                          "--eval-samples / --test-samples, or give --test-data FILE.npz)")
+    return c, s, t
+
+
+@dataclasses.dataclass
+class Splits:
+    """Three disjoint splits of the user's data (or a separate test file).
+
+    Attributes:
+        calib: calibration samples (activation ranges, least-squares recovery).
+        search: samples the search ranks candidates on; its first ``race`` samples are the
+            cheap subset every candidate is measured on first.
+        race: size of that racing prefix of ``search``.
+        test: samples never seen by the search or by the choice of the front; the figures
+            the tool reports are on these.
+        indices: split name -> sample indices in the data file (test: in its own file when
+            separate).
+        test_source: the file the test samples come from.
+    """
+
+    calib: Dataset
+    search: Dataset
+    race: int
+    test: Dataset
+    indices: dict[str, np.ndarray]
+    test_source: str
+
+    def summary(self) -> dict:
+        """Sizes, sources and a hash of each split's indices (provenance for front.json)."""
+        import hashlib
+
+        out = {}
+        for name, idx in self.indices.items():
+            out[name] = {"n": int(len(idx)),
+                         "indices_sha256": hashlib.sha256(np.asarray(idx, np.int64).tobytes()).hexdigest()[:16]}
+        out["race"] = {"n": int(self.race), "of": "search"}
+        out["test"]["source"] = self.test_source
+        out["search"]["source"] = out["calib"]["source"] = self.search.source
+        return out
+
+
+def make_splits(ds: Dataset, calib: int | None, search: int | None, test: int | None, seed: int,
+                test_ds: Dataset | None = None, race_share: float = RACE_SHARE) -> Splits:
+    """Disjoint calibration, search and test splits, fixed by ``seed`` (the split seed).
+
+    One permutation of the file gives calibration, then search, then test; each keeps the
+    file's order except the search split, whose racing prefix comes first. ``test_ds`` (a
+    separate file) replaces the test split (``test`` samples of it, all by default).
+    """
+    c, s, t = split_sizes(len(ds), calib, search, test, separate_test=test_ds is not None, source=ds.source)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(ds))
+    calib_idx = np.sort(perm[:c])
+    search_idx = perm[c:c + s]
+    r = min(s, max(1, round(race_share * s)))
+    search_idx = np.concatenate([np.sort(search_idx[:r]), np.sort(search_idx[r:])])
+    if test_ds is None:
+        test_idx = np.sort(perm[c + s:c + s + t])
+        test_set, source = ds.take(test_idx), ds.source
+    else:
+        n_t = len(test_ds) if test is None else test
+        if n_t > len(test_ds):
+            raise DataError(f"{test_ds.source}: {n_t} test samples asked, the file has {len(test_ds)}")
+        test_idx = np.sort(rng.permutation(len(test_ds))[:n_t]) if n_t < len(test_ds) else np.arange(n_t)
+        test_set, source = test_ds.take(test_idx), test_ds.source
+    return Splits(calib=ds.take(calib_idx), search=ds.take(search_idx), race=r, test=test_set,
+                  indices={"calib": calib_idx, "search": search_idx, "test": test_idx}, test_source=source)
+
+
 def load_data(path: str | os.PathLike[str]) -> Dataset:
     """Read an .npz: one array per model input, optional ``labels``."""
     p = pathlib.Path(path)
@@ -175,8 +280,8 @@ def load_data(path: str | os.PathLike[str]) -> Dataset:
         if arr.ndim == 0:
             raise DataError(f"{p}: array {key!r} is a scalar; axis 0 must index samples")
         if len(arr) == 0:
-            raise DataError(f"{p}: array {key!r} holds 0 samples; at least 1 is needed (2 for compress: "
-                            "1 calibration + 1 evaluation)")
+            raise DataError(f"{p}: array {key!r} holds 0 samples; at least 1 is needed (3 for compress: "
+                            "1 calibration + 1 search + 1 test)")
     if labels is not None:
         labels = _labels(labels, p)
     return Dataset(arrays, labels, str(p))

@@ -72,6 +72,26 @@ def top1_accuracy(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]
     return float((pred == labels).mean()) if len(pred) else 0.0
 
 
+def top1_hits(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray] | None = None,
+              labels: np.ndarray | None = None) -> np.ndarray:
+    """Per-sample hits of :func:`top1_accuracy` (its mean is the accuracy)."""
+    if labels is None:
+        raise DataError("metric 'accuracy' needs 'labels' in the data file")
+    pred = _rows(outputs[0]).argmax(1)
+    labels = np.asarray(labels).reshape(-1)
+    _same_len(pred, labels, "'labels'")
+    return pred == labels
+
+
+def top1_agreement_hits(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
+                        labels: np.ndarray | None = None) -> np.ndarray:
+    """Per-sample hits of :func:`top1_agreement`."""
+    a = _rows(outputs[0]).argmax(1)
+    b = _rows(reference[0]).argmax(1)
+    _same_len(a, b, "the reference")
+    return a == b
+
+
 def top1_agreement(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
                    labels: np.ndarray | None = None) -> float:
     """Fraction of samples whose arg-max of the first output equals the original model's."""
@@ -106,13 +126,20 @@ def cosine_similarity(outputs: Sequence[np.ndarray], reference: Sequence[np.ndar
 
     Two all-zero rows count as identical (1.0); one zero row against a nonzero one as 0.0.
     """
+    cos = cosine_per_sample(outputs, reference, labels)
+    return float(cos.mean()) if len(cos) else 0.0
+
+
+def cosine_per_sample(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
+                      labels: np.ndarray | None = None) -> np.ndarray:
+    """Per-sample cosine similarities of :func:`cosine_similarity`."""
     a = _rows(np.asarray(outputs[0], np.float64))
     b = _rows(np.asarray(reference[0], np.float64))
     _same_len(a, b, "the reference")
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     den = na * nb
     cos = np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), np.where(na + nb > 0, 0.0, 1.0))
-    return float(np.clip(cos, -1.0, 1.0).mean()) if len(cos) else 0.0
+    return np.clip(cos, -1.0, 1.0)
 
 
 def _err_fraction(v: float) -> float:
@@ -130,12 +157,20 @@ def _err_sqnr(v: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-    """A named metric ``fn(outputs, reference, labels) -> float`` (higher is better)."""
+    """A named metric ``fn(outputs, reference, labels) -> float`` (higher is better).
+
+    ``per_sample`` (same signature, one value per sample, their mean is the metric) lets the
+    statistics resample per-sample values; ``binary`` marks hit/miss metrics (Wilson
+    intervals, McNemar's test). Without ``per_sample`` intervals come from recomputing the
+    metric on bootstrap resamples.
+    """
 
     name: str
     fn: Callable
     to_error: Callable[[float], float] = _err_fraction
     higher_is_better: bool = True
+    per_sample: Callable | None = None
+    binary: bool = False
 
     def __call__(self, outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
                  labels: np.ndarray | None) -> float:
@@ -163,10 +198,10 @@ class Metric:
 
 
 BUILTIN = {
-    "accuracy": Metric("accuracy", top1_accuracy),
-    "agreement": Metric("agreement", top1_agreement),
+    "accuracy": Metric("accuracy", top1_accuracy, per_sample=top1_hits, binary=True),
+    "agreement": Metric("agreement", top1_agreement, per_sample=top1_agreement_hits, binary=True),
     "sqnr": Metric("sqnr", sqnr_db, _err_sqnr),
-    "cosine": Metric("cosine", cosine_similarity, _err_cosine),
+    "cosine": Metric("cosine", cosine_similarity, _err_cosine, per_sample=cosine_per_sample),
 }
 
 

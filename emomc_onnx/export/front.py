@@ -3,6 +3,10 @@
 Every file is written atomically (temporary file in the same directory, then
 ``os.replace``), so an interrupted export never leaves a half-written front behind.
 Each ONNX file carries its plan in ``metadata_props`` (``emomc.plan``) for provenance.
+
+Every figure written is on the *test* split (samples the search never saw), with its 95%
+interval and the paired difference to the original model on the same samples; the search
+split's figure is kept next to it (``metric_search``) to show the selection gap.
 """
 
 from __future__ import annotations
@@ -43,10 +47,21 @@ class FrontEntry:
         rank: position in the front, most accurate first.
         file: path of the ONNX file relative to the output directory.
         key: plan key.
-        metric_search: metric on the search subset.
-        metric_full: metric on all samples (what ``accuracy`` reports).
-        accuracy: ``metric_full``.
-        error: ``1 - metric_full``.
+        metric_search: metric on the search split (what the front was chosen on).
+        metric_test: metric on the test split (what ``accuracy`` reports).
+        accuracy: ``metric_test``.
+        accuracy_ci95: 95% interval of ``accuracy`` (Wilson, or bootstrap), or None.
+        error: ``1 - metric_test``.
+        diff: ``metric_test`` minus the original model's, on the same test samples.
+        diff_ci95: 95% interval of ``diff``, or None.
+        p_value: of "no difference to the original" (McNemar's exact test for hit/miss
+            metrics, paired bootstrap otherwise), or None.
+        diff_search: the same difference on the search split.
+        gap_flag: the test drop is significantly larger than the search drop (z > 1.96).
+        within_max_drop: the test drop respects ``--max-accuracy-drop`` (None: no limit);
+            members outside it are reported but ``select`` never offers them.
+        n_search: search-split samples.
+        n_test: test-split samples.
         energy: energy per sample (profile units).
         size_bits: coded size in bits.
         energy_factor: baseline energy / energy (x smaller).
@@ -64,9 +79,18 @@ class FrontEntry:
     file: str
     key: str
     metric_search: float
-    metric_full: float
+    metric_test: float
     accuracy: float
+    accuracy_ci95: list[float] | None
     error: float
+    diff: float | None
+    diff_ci95: list[float] | None
+    p_value: float | None
+    diff_search: float | None
+    gap_flag: bool
+    within_max_drop: bool | None
+    n_search: int
+    n_test: int
     energy: float
     size_bits: float
     energy_factor: float
@@ -108,6 +132,7 @@ def export_front(
     *,
     extra_points: Mapping[str, Evaluation] | None = None,
     plots: bool = True,
+    splits: Mapping[str, Any] | None = None,
 ) -> list[FrontEntry]:
     """Write the front of ``result`` into ``outdir``.
 
@@ -121,7 +146,8 @@ def export_front(
         evaluator: builds each member's model.
         outdir: output directory (created).
         extra_points: labelled reference points (e.g. ``{"ORT int8": evaluation}``) for
-            front.json and the Pareto plot.
+            front.json and the Pareto plot (measure them on the test split).
+        splits: sizes and sources of the data splits (``Splits.summary()``) for front.json.
         plots: also write the PNG plots.
 
     Returns:
@@ -132,17 +158,20 @@ def export_front(
     fdir.mkdir(parents=True, exist_ok=True)
     base = result.baseline
     entries: list[FrontEntry] = []
-    members = sorted(result.front, key=lambda m: (-m.full.metric, m.full.energy,
-                                                  m.full.size_bits, m.key))
+    members = sorted(result.front, key=lambda m: (-m.test.metric, m.test.energy,
+                                                  m.test.size_bits, m.key))
+    limit = result.config.max_accuracy_drop
     for rank, m in enumerate(members):
-        ev = m.full
+        ev = m.test
+        st = (ev.extra or {}).get("stats") or {}
+        ss = (m.search.extra or {}).get("stats") or {}
         ef = base.energy / ev.energy if ev.energy > 0 else float("inf")
         sf = base.size_bits / ev.size_bits if ev.size_bits > 0 else float("inf")
         name = _file_name(rank, ev.metric, ef, sf)
         model = evaluator.build(m.plan)
         props = {p.key: p.value for p in model.metadata_props}
         props.update({"emomc.plan": m.plan.to_json(), "emomc.plan_key": m.key,
-                      "emomc.metric_full": repr(float(ev.metric)),
+                      "emomc.metric_test": repr(float(ev.metric)),
                       "emomc.fingerprint": result.fingerprint})
         onnx.helper.set_model_props(model, props)
         blob = canonical_bytes(model)
@@ -150,8 +179,12 @@ def export_front(
         pd = m.plan.to_dict()
         entries.append(FrontEntry(
             rank=rank, file=f"{FRONT_DIR}/{name}", key=m.key,
-            metric_search=float(m.search.metric), metric_full=float(ev.metric),
-            accuracy=float(ev.metric), error=1.0 - float(ev.metric),
+            metric_search=float(m.search.metric), metric_test=float(ev.metric),
+            accuracy=float(ev.metric), accuracy_ci95=st.get("ci95"), error=1.0 - float(ev.metric),
+            diff=st.get("diff"), diff_ci95=st.get("diff_ci95"), p_value=st.get("p_value"),
+            diff_search=ss.get("diff"), gap_flag=bool(m.gap and m.gap.get("flag")),
+            within_max_drop=None if limit is None else m.violation is None,
+            n_search=int(ss.get("n") or 0), n_test=int(st.get("n") or 0),
             energy=float(ev.energy), size_bits=float(ev.size_bits),
             energy_factor=float(ef), size_factor=float(sf),
             macs=int(ev.macs), params=int(ev.params),
@@ -164,14 +197,19 @@ def export_front(
             f.unlink()
 
     meta = {
-        "version": 1,
+        "version": 2,
         "fingerprint": result.fingerprint,
         "seed": result.seed,
         **run_metadata(evaluator, base),
         "config": result.config.to_dict(),
         "space": {"kind": result.space.kind, "groups": len(result.space.groups),
                   "layers": len(result.space.layers)},
-        "baseline": {"search": result.baseline_search.to_dict(), "full": base.to_dict()},
+        "baseline": {"search": result.baseline_search.to_dict(), "test": base.to_dict()},
+        "metric": (base.extra or {}).get("metric_name"),
+        "figures": ("accuracy/metric_test: test split (never seen by the search or by the choice of "
+                    "the front), 95% interval and paired difference to the original on the same "
+                    "samples; metric_search: the search split the front was chosen on"),
+        "splits": splits or {},
         "extra_points": {k: v.to_dict() for k, v in (extra_points or {}).items()},
         "hypervolume": {
             "reference": [1.1] * len(result.config.objectives),
@@ -181,6 +219,7 @@ def export_front(
             "front": result.front_hv,
         },
         "n_evaluations": result.n_evaluations,
+        "n_raced_out": result.n_raced_out,
         "interrupted": result.interrupted,
         "stop_reasons": {str(k): v for k, v in result.stop_reasons.items()},
         "failures": result.failures(),
@@ -193,7 +232,8 @@ def export_front(
     if plots:
         from emomc_onnx.export.plots import plot_convergence, plot_pareto
 
-        plot_pareto(entries, base, out / "pareto.png", extra_points=extra_points)
+        plot_pareto(entries, base, out / "pareto.png", extra_points=extra_points,
+                    window_points=result.config.max_accuracy_drop)
         plot_convergence(result.history, out / "convergence.png")
     logger.info("exported %d front members to %s", len(entries), out)
     return entries
@@ -299,7 +339,9 @@ def check_front_owner(outdir: str | os.PathLike[str], evaluator: Any, *, overwri
 
 
 def _csv(entries: list[FrontEntry]) -> str:
-    scalar = ["rank", "file", "key", "accuracy", "metric_search", "metric_full", "error",
+    scalar = ["rank", "file", "key", "accuracy", "accuracy_ci95_lo", "accuracy_ci95_hi", "diff",
+              "diff_ci95_lo", "diff_ci95_hi", "p_value", "metric_search", "metric_test", "diff_search",
+              "gap_flag", "within_max_drop", "n_search", "n_test", "error",
               "energy", "size_bits", "file_bytes", "energy_factor", "size_factor", "macs", "params"]
     per: list[tuple[str, str]] = []
     if entries:
@@ -310,9 +352,20 @@ def _csv(entries: list[FrontEntry]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(scalar + [f"{f}[{k}]" for f, k in per])
     for e in entries:
-        row: list[Any] = [getattr(e, s) for s in scalar]
+        row: list[Any] = [_csv_value(e, s) for s in scalar]
         for f, k in per:
             v = getattr(e, f).get(k)
             row.append("" if v is None else v)
         w.writerow(row)
     return buf.getvalue()
+
+
+def _csv_value(e: FrontEntry, name: str) -> Any:
+    """A scalar column of front.csv (interval bounds split into two columns; None -> empty)."""
+    for field in ("accuracy_ci95", "diff_ci95"):
+        for i, end in enumerate(("_lo", "_hi")):
+            if name == field + end:
+                ci = getattr(e, field)
+                return "" if not ci else ci[i]
+    v = getattr(e, name)
+    return "" if v is None else v

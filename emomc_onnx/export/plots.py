@@ -39,25 +39,31 @@ def plot_pareto(
     path: str | Path,
     *,
     extra_points: Mapping[str, Evaluation] | None = None,
+    window_points: float | None = None,
 ) -> None:
-    """Three 2-D projections of the front: error/energy, error/size, energy/size.
+    """Three 2-D projections of the front, and a zoom on the region near the original's accuracy.
 
-    Energy and size are relative to the unmodified model (marked with a star); extra
-    labelled points (e.g. ONNX Runtime int8) are drawn as crosses.
+    Energy and size are relative to the unmodified model (marked with a star); extra labelled
+    points (peers, e.g. ONNX Runtime int8) are drawn as crosses. Every accuracy is on the test
+    split. The zoom (bottom) shows test accuracy with its 95% interval against energy for the
+    members within a few points of the original, each labelled with its rank, the accuracy
+    window (``window_points`` below the original, 0.5 if not given) shaded, and the peers.
     """
     err = [e.error for e in entries]
     en = [e.energy / baseline.energy for e in entries]
     sz = [e.size_bits / baseline.size_bits for e in entries]
     pts = {"error": err, "energy": en, "size": sz}
     axes_def = [("energy", "error"), ("size", "error"), ("energy", "size")]
-    labels = {"error": "error (1 - metric, full data)", "energy": "energy / original",
+    labels = {"error": "error (1 - metric, test split)", "energy": "energy / original",
               "size": "coded size / original"}
 
     def coords(ev: Evaluation) -> dict[str, float]:
         return {"error": 1.0 - ev.metric, "energy": ev.energy / baseline.energy,
                 "size": ev.size_bits / baseline.size_bits}
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig = plt.figure(figsize=(15, 9.5))
+    grid = fig.add_gridspec(2, 3, height_ratios=(1, 1.15))
+    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
     for ax, (x, y) in zip(axes, axes_def):
         ax.scatter(pts[x], pts[y], c="tab:blue", s=22, label="front")
         b = coords(baseline)
@@ -71,8 +77,41 @@ def plot_pareto(
         ax.set_ylabel(labels[y])
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"Pareto front ({len(entries)} members)")
+    _zoom(fig.add_subplot(grid[1, :]), entries, baseline, extra_points or {},
+          0.5 if window_points is None else float(window_points))
+    fig.suptitle(f"Pareto front ({len(entries)} members), test-split figures")
     _save(fig, Path(path))
+
+
+def _zoom(ax, entries, baseline: Evaluation, extra_points: Mapping[str, Evaluation], window: float) -> None:
+    """Test accuracy (points, 95% interval) vs energy near the original's accuracy, ranks labelled."""
+    top = 100 * baseline.metric
+    span = max(3 * window, 2.0)
+    near = [e for e in entries if 100 * e.accuracy >= top - span]
+    ax.axhspan(top - window, top, color="tab:green", alpha=0.12,
+               label=f"window: original - {window:g} points")
+    ax.axhline(top, c="tab:red", lw=0.8)
+    ax.scatter([1.0], [top], marker="*", s=160, c="tab:red", label="original", zorder=3)
+    for e in near:
+        x = e.energy / baseline.energy
+        y = 100 * e.accuracy
+        ci = e.accuracy_ci95
+        yerr = [[y - 100 * ci[0]], [100 * ci[1] - y]] if ci else None
+        color = "tab:gray" if e.within_max_drop is False else ("tab:orange" if e.gap_flag else "tab:blue")
+        ax.errorbar([x], [y], yerr=yerr, fmt="o", ms=4, c=color, elinewidth=0.8, capsize=2)
+        ax.annotate(str(e.rank), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    for name, ev in extra_points.items():
+        x, y = ev.energy / baseline.energy, 100 * ev.metric
+        ax.scatter([x], [y], marker="x", s=60, c="k", zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_ylim(top - span, top + max(0.5, window))
+    ax.set_xlabel("energy / original")
+    ax.set_ylabel("test accuracy (%), 95% interval")
+    hidden = len(entries) - len(near)
+    ax.set_title(f"near the original: {len(near)} members labelled by rank"
+                 + (f" ({hidden} below {top - span:.1f}% not shown)" if hidden else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
 
 
 def plot_convergence(history: Sequence[HVRecord], path: str | Path) -> None:

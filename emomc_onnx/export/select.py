@@ -1,4 +1,8 @@
-"""Pick the front member that fits a device budget, from an output directory's front.json."""
+"""Pick the front member that fits a device budget, from an output directory's front.json.
+
+Accuracy limits are judged on the test-split figure (samples the search never saw); members
+whose test drop breaks ``--max-accuracy-drop`` are never offered.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from typing import Any, Literal
 from emomc_onnx.errors import DataError
 from emomc_onnx.export.front import FRONT_DIR, FRONT_JSON, FrontEntry
 
-__all__ = ["load_front", "member_path", "select"]
+__all__ = ["load_front", "member_path", "min_accuracy_fraction", "select"]
+
+FRACTION_METRICS = ("accuracy", "agreement", "cosine")
 
 Prefer = Literal["energy", "size", "accuracy"]
 
@@ -84,6 +90,25 @@ _KEYS = {
 }
 
 
+def min_accuracy_fraction(value: float, metric: str | None) -> tuple[float, str | None]:
+    """``--min-accuracy`` on the metric's own scale: a percentage (97) is read as 0.97.
+
+    Tables print accuracy in percent, front.json as a fraction; for metrics in [0, 1] a value
+    in (1, 100] is taken as a percentage (and said so), a value outside [0, 100] refused.
+    Returns (the limit, a note for the user or None).
+    """
+    if math.isnan(value):
+        raise DataError("--min-accuracy nan: give a number")
+    if metric is not None and metric not in FRACTION_METRICS and ":" not in metric:
+        return value, None  # e.g. SQNR in dB: its own unit
+    if 0.0 <= value <= 1.0:
+        return value, None
+    if 1.0 < value <= 100.0:
+        return value / 100.0, f"--min-accuracy {value:g} read as {value:g}% ({value / 100:.4g})"
+    raise DataError(f"--min-accuracy {value:g}: give a fraction in [0, 1] (0.97) or a percentage in "
+                    f"[0, 100] (97)")
+
+
 def select(
     outdir: str | os.PathLike[str],
     max_energy: float | None = None,
@@ -97,15 +122,19 @@ def select(
         outdir: output directory of a compress run.
         max_energy: energy limit (profile units, as in front.json).
         max_size_bits: coded-size limit in bits.
-        min_accuracy: minimum full-data metric (same scale as front.json's ``accuracy``).
+        min_accuracy: minimum test-split metric (front.json's ``accuracy``: a fraction; a
+            percentage is accepted, see :func:`min_accuracy_fraction`).
         prefer: "energy" (lowest energy), "size" (smallest) or "accuracy" (most accurate);
             ties are broken by the other figures.
     """
     if prefer not in ("energy", "size", "accuracy"):
         raise DataError(f"prefer must be energy, size or accuracy, got {prefer!r}")
-    _, entries = load_front(outdir)
+    meta, entries = load_front(outdir)
+    if min_accuracy is not None:
+        min_accuracy, _ = min_accuracy_fraction(min_accuracy, meta.get("metric"))
     fits = [e for e in entries
-            if (max_energy is None or e.energy <= max_energy)
+            if e.within_max_drop is not False
+            and (max_energy is None or e.energy <= max_energy)
             and (max_size_bits is None or e.size_bits <= max_size_bits)
             and (min_accuracy is None or e.accuracy >= min_accuracy)]
     if not fits:

@@ -4,8 +4,18 @@ Stage 1 searches the pruning genes (keep per group + density per layer, or the e
 space's global density) with bits at reference precision (None). Stage 2 searches the
 whole genome: the bit genes *and* the pruning genes, so it can still fine-tune the
 architecture around a bit assignment; its initial population combines the stage-1 front's
-architectures with uniform and random bit assignments. The final front is re-evaluated on
-the full data and reduced to the non-dominated set of those figures.
+architectures with uniform and random bit assignments.
+
+Honest figures: candidates are ranked on the evaluator's *search* split, and the final front
+is the non-dominated set of those figures. Every member (and the original model) is then
+measured once on the *test* split, which neither the search nor the choice of the front saw;
+those are the figures reported, with 95% intervals and the paired difference to the original.
+The front is not re-chosen on the test figures (that would bias them again).
+
+Racing: from the second generation on, a candidate is first measured on the search split's
+racing prefix; only if its optimistic figures (error lowered by ``race_z`` standard errors)
+are not dominated by a candidate already measured on the whole search split does it get the
+rest. Raced-out candidates inform NSGA-II but never enter the front.
 
 Budgets: ``generations`` applies to each stage; ``max_evaluations`` and ``time_budget_s``
 are totals for the run, stage 1 getting ``stage1_share`` of them and stage 2 the rest
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import inspect
 import itertools
 import logging
 import math
@@ -45,6 +56,7 @@ from emomc_onnx.search.space import CompressionPlan, SearchSpace
 from emomc_onnx.search.store import HVRecord, ResultStore
 
 __all__ = [
+    "RaceGate",
     "SearchConfig",
     "Candidate",
     "FrontMember",
@@ -77,6 +89,10 @@ class SearchConfig:
         resume: reuse candidates already in the store (same fingerprint and plan key).
         mp_context: multiprocessing start method for workers ("spawn" or "forkserver").
         n_uniform: uniform levels used to seed stage 1 (keep/density at the same fraction).
+        race: measure candidates on the racing prefix of the search split first.
+        race_z: standard errors of optimism a raced candidate gets before it is dropped.
+        drop_noise_z: standard errors of the search split's drop granted to
+            ``max_accuracy_drop`` during the search (the test split judges with none).
     """
 
     objectives: tuple[str, ...] = OBJECTIVES
@@ -90,6 +106,9 @@ class SearchConfig:
     resume: bool = True
     mp_context: str = "spawn"
     n_uniform: int = 3
+    race: bool = True
+    race_z: float = 2.0
+    drop_noise_z: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -131,6 +150,7 @@ class Candidate:
         feasible: ran and satisfies the constraints.
         seconds: evaluation wall time (0 for a stored result).
         cached: served from the result store.
+        raced_out: measured on the racing prefix only (dominated there with margin).
     """
 
     key: str
@@ -143,19 +163,61 @@ class Candidate:
     feasible: bool
     seconds: float
     cached: bool
+    raced_out: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class FrontMember:
-    """A member of the final front, with search-subset and full-data figures."""
+    """A member of the final front: chosen on the search split, reported on the test split.
+
+    Attributes:
+        search: figures on the search split (what the front was chosen on).
+        test: figures on the test split (what is reported), with statistics in
+            ``test.extra["stats"]``.
+        objectives_search: normalised objectives on the search split.
+        objectives_test: normalised objectives on the test split.
+        violation: why the test figures break ``max_accuracy_drop`` (None: they do not).
+        gap: :func:`~emomc_onnx.evaluate.stats.drop_gap` of the search and test drops
+            (``flag``: the test drop is significantly larger), None without statistics.
+    """
 
     key: str
     plan: CompressionPlan
     stage: int
     search: Evaluation
-    full: Evaluation
+    test: Evaluation
     objectives_search: tuple[float, ...]
-    objectives_full: tuple[float, ...]
+    objectives_test: tuple[float, ...]
+    violation: str | None = None
+    gap: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RaceGate:
+    """Decides after the racing prefix whether a candidate gets the rest of the search split.
+
+    Picklable (it travels to the worker processes). A candidate continues unless a candidate
+    already measured on the whole search split dominates its optimistic objectives: error
+    lowered by ``z`` binomial standard errors of the prefix (energy and size are exact).
+    """
+
+    objectives: Objectives
+    archive: tuple[tuple[float, ...], ...]
+    z: float = 2.0
+
+    def __call__(self, ev: Evaluation) -> bool:
+        if not self.archive:
+            return True
+        F = self.objectives.f(ev)
+        if "error" in self.objectives.names:
+            i = self.objectives.names.index("error")
+            stats = ev.extra.get("stats") or {}
+            n = max(int(stats.get("n") or 1), 1)
+            e = float(F[i])
+            F[i] = e - self.z * math.sqrt(max(e * (1.0 - e), 1.0 / n) / n)
+        A = np.asarray(self.archive, dtype=float)
+        dominated = np.all(A <= F, axis=1) & np.any(A < F, axis=1)
+        return not bool(dominated.any())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +243,7 @@ class SearchResult:
     space: SearchSpace
     config: SearchConfig
     seed: int
-    baseline: Evaluation
+    baseline: Evaluation  # the original model on the test split
     baseline_search: Evaluation
     front: tuple[FrontMember, ...]
     history: tuple[HVRecord, ...]
@@ -200,14 +262,19 @@ class SearchResult:
     n_search_cached: int = 0
     n_full_fresh: int = 0
     n_full_cached: int = 0
+    n_raced_out: int = 0
 
     def counts_line(self) -> str:
         """What was evaluated, in counts that add up (for the CLI's summary)."""
         n_full = self.n_full_fresh + self.n_full_cached
         search = (f"{self.n_evaluations} candidates searched ({self.n_search_fresh} evaluated now, "
                   f"{self.n_search_cached} read from results.sqlite) in {self.elapsed_s:.1f} s")
-        front = (f"{n_full} front candidates measured on all samples ({self.n_full_fresh} now, "
-                 f"{self.n_full_cached} read), {len(self.front)} kept; front hypervolume {self.front_hv:.4f}")
+        front = (f"{n_full} front candidates measured on the test split ({self.n_full_fresh} now, "
+                 f"{self.n_full_cached} read), {len(self.front)} kept; front hypervolume {self.front_hv:.4f} "
+                 f"(search split)")
+        if self.n_raced_out:
+            search = search.replace(" searched (", f" searched ({self.n_raced_out} stopped after the racing "
+                                    "samples; ", 1)
         return f"{search}\n{front}" + (" (interrupted: partial front)" if self.interrupted else "")
 
     def failures(self) -> dict[str, dict[str, Any]]:
@@ -228,8 +295,8 @@ class SearchResult:
         return out
 
     def front_objectives(self) -> np.ndarray:
-        """Full-data normalised objectives of the front (rows)."""
-        return np.array([m.objectives_full for m in self.front], dtype=float).reshape(
+        """Search-split normalised objectives of the front (rows): what it was chosen on."""
+        return np.array([m.objectives_search for m in self.front], dtype=float).reshape(
             len(self.front), len(self.config.objectives))
 
 
@@ -274,18 +341,20 @@ def _worker_init(factory: EvaluatorFactory) -> None:
     _WORKER_EVALUATOR = factory()
 
 
-def _worker_eval(plan: CompressionPlan, subset: str) -> tuple[Evaluation | None, str | None, float]:
+def _worker_eval(plan: CompressionPlan, subset: str, gate: RaceGate | None = None
+                 ) -> tuple[Evaluation | None, str | None, float]:
     if _WORKER_EVALUATOR is None:  # pragma: no cover - initializer always ran
         return None, "worker has no evaluator", 0.0
-    return _safe_eval(_WORKER_EVALUATOR, plan, subset)
+    return _safe_eval(_WORKER_EVALUATOR, plan, subset, gate)
 
 
-def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str
+def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str, gate: RaceGate | None = None
                ) -> tuple[Evaluation | None, str | None, float]:
     """Evaluate, turning any exception into a failure reason."""
     t0 = time.perf_counter()
     try:
-        ev = evaluator.evaluate(plan, subset)
+        ev = (evaluator.evaluate(plan, subset) if gate is None
+              else evaluator.evaluate(plan, subset, gate=gate))
         bad = [f for f in ("metric", "energy", "size_bits")
                if not math.isfinite(float(getattr(ev, f)))]
         if bad:
@@ -317,7 +386,7 @@ class _Run:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.records: dict[str, Candidate] = {}
-        self.full: dict[str, tuple[Evaluation | None, str | None]] = {}
+        self.test: dict[str, tuple[Evaluation | None, str | None]] = {}
         self.history: list[HVRecord] = []
         self.eval_wall = 0.0
         self.eval_seconds = 0.0
@@ -327,6 +396,9 @@ class _Run:
         self.n_full_fresh = 0
         self.n_full_cached = 0
         self.evaluator = factory()
+        # racing needs an evaluator that takes a gate (plain evaluators are measured whole)
+        params = inspect.signature(self.evaluator.evaluate).parameters
+        self.can_race = "gate" in params or any(q.kind is q.VAR_KEYWORD for q in params.values())
         self.fp = str(self.evaluator.fingerprint())
         cached = store.get_baseline(self.fp) if config.resume else None
         if cached is None:
@@ -335,18 +407,29 @@ class _Run:
             self.n_fresh += 1
         self.baseline = cached
         self.obj_search: Objectives
-        self.obj_full: Objectives
+        self.obj_test: Objectives
 
     # -- evaluation plumbing --
-    def _map(self, plans: Sequence[CompressionPlan], subset: str
+    def _map(self, plans: Sequence[CompressionPlan], subset: str, gate: RaceGate | None = None
              ) -> Iterator[tuple[Evaluation | None, str | None, float]]:
         if self.config.workers > 1 and len(plans) > 1:
             if self.pool is None:
                 self.pool = _spawn_pool(self.config.workers, self.config.mp_context, self.factory)
-            yield from self.pool.map(_worker_eval, plans, itertools.repeat(subset))
+            yield from self.pool.map(_worker_eval, plans, itertools.repeat(subset), itertools.repeat(gate))
         else:
             for p in plans:
-                yield _safe_eval(self.evaluator, p, subset)
+                yield _safe_eval(self.evaluator, p, subset, gate)
+
+    def _gate(self, stage: int) -> RaceGate | None:
+        """The racing gate for a batch: the archive as it stands before the batch (deterministic)."""
+        if not self.config.race or not self.can_race or stage == 0:
+            return None
+        rows = [c.objectives for c in self.records.values() if c.feasible and c.stage > 0 and not c.raced_out]
+        if not rows:
+            return None
+        F = np.array(rows, dtype=float)
+        archive = tuple(tuple(F[i]) for i in non_dominated(F))
+        return RaceGate(self.obj_search, archive, self.config.race_z)
 
     def _judge(self, ev: Evaluation | None, reason: str | None
                ) -> tuple[np.ndarray, np.ndarray, bool, str | None]:
@@ -367,42 +450,42 @@ class _Run:
                 reason = None if sc.search is not None else sc.reason
                 F, G, ok, why = self._judge(sc.search, reason)
                 self.records[k] = Candidate(k, p, stage, sc.search, why, _floats(F),
-                                            _floats(G), ok, 0.0, True)
+                                            _floats(G), ok, 0.0, True, _raced(sc.search))
                 self.n_cached += 1
                 if sc.full is not None or sc.reason_full is not None:
-                    self.full[k] = (sc.full, sc.reason_full)
+                    self.test[k] = (sc.full, sc.reason_full)
             else:
                 todo.append(p)
         t0 = time.perf_counter()
-        for p, (ev, reason, secs) in zip(todo, self._map(todo, "search")):
+        for p, (ev, reason, secs) in zip(todo, self._map(todo, "search", self._gate(stage))):
             k = p.key()
             F, G, ok, why = self._judge(ev, reason)
             self.store.put_search(self.fp, p, stage, ev, feasible=ok, reason=why,
                                   objectives=list(F), seconds=secs)
             self.records[k] = Candidate(k, p, stage, ev, why, _floats(F), _floats(G), ok,
-                                        secs, False)
+                                        secs, False, _raced(ev))
             self.n_fresh += 1
             self.eval_seconds += secs
         self.eval_wall += time.perf_counter() - t0
         return [self.records[p.key()] for p in plans]
 
-    def evaluate_full(self, cands: Sequence[Candidate]) -> None:
-        """Full-data results of candidates (cached in the store)."""
+    def evaluate_test(self, cands: Sequence[Candidate]) -> None:
+        """Test-split results of front members (cached in the store's ``full`` columns)."""
         todo: list[CompressionPlan] = []
         for c in cands:
-            if c.key in self.full:
+            if c.key in self.test:
                 self.n_full_cached += 1
                 continue
             sc = self.store.get(self.fp, c.key) if self.config.resume else None
             if sc is not None and (sc.full is not None or sc.reason_full is not None):
-                self.full[c.key] = (sc.full, sc.reason_full)
+                self.test[c.key] = (sc.full, sc.reason_full)
                 self.n_full_cached += 1
             else:
                 todo.append(c.plan)
         t0 = time.perf_counter()
-        for p, (ev, reason, secs) in zip(todo, self._map(todo, "full")):
+        for p, (ev, reason, secs) in zip(todo, self._map(todo, "test")):
             self.store.put_full(self.fp, p, ev, reason=reason, seconds=secs)
-            self.full[p.key()] = (ev, reason)
+            self.test[p.key()] = (ev, reason)
             self.n_fresh += 1
             self.n_full_fresh += 1
             self.eval_seconds += secs
@@ -411,7 +494,7 @@ class _Run:
     # -- helpers --
     def _feasible_F(self, stage: int | None = None) -> np.ndarray:
         rows = [c.objectives for c in self.records.values()
-                if c.feasible and c.stage > 0 and (stage is None or c.stage == stage)]
+                if c.feasible and c.stage > 0 and not c.raced_out and (stage is None or c.stage == stage)]
         return np.array(rows, dtype=float).reshape(len(rows), self.obj_search.n_obj)
 
     def _best(self) -> dict[str, float]:
@@ -465,7 +548,7 @@ class _Run:
         _, xu2 = self.codec.bounds(2)
         n_l = len(self.space.layers)
         nw, na = len(self.space.wbits), len(self.space.abits)
-        s1 = [c for c in self.records.values() if c.stage == 1 and c.feasible]
+        s1 = [c for c in self.records.values() if c.stage == 1 and c.feasible and not c.raced_out]
         if s1:
             F = np.array([c.objectives for c in s1])
             nd = sorted(non_dominated(F), key=lambda i: (tuple(F[i]), s1[i].key))
@@ -551,32 +634,35 @@ class _Run:
         return "generations"
 
     def final_front(self) -> list[FrontMember]:
-        feas = [c for c in self.records.values() if c.feasible and c.stage > 0]
+        """The non-dominated set on the search split, each member then measured on the test split."""
+        from emomc_onnx.evaluate.stats import drop_gap
+
+        feas = [c for c in self.records.values() if c.feasible and c.stage > 0 and not c.raced_out]
         if not feas:
             return []
         F = np.array([c.objectives for c in feas], dtype=float)
-        cands = [feas[i] for i in non_dominated(F)]
-        self.evaluate_full(cands)
+        front = sorted((feas[i] for i in non_dominated(F)), key=lambda c: (c.objectives, c.key))
+        cands: list[Candidate] = []
+        for c in front:  # identical figures: keep one (the smallest key)
+            if not cands or cands[-1].objectives != c.objectives:
+                cands.append(c)
+        self.evaluate_test(cands)
         members: list[FrontMember] = []
         for c in cands:
-            ev, reason = self.full[c.key]
-            why = self.obj_full.violation(ev, reason)
-            if why is not None or c.search is None or ev is None:
-                logger.info("front candidate %s dropped on full data: %s", c.key, why)
-                self.store.set_feasible(self.fp, c.key, False, f"full data: {why}")
+            ev, reason = self.test[c.key]
+            if ev is None or c.search is None:  # ran on the search split, failed on the test split
+                logger.warning("front candidate %s failed on the test split: %s", c.key, reason)
+                self.store.set_feasible(self.fp, c.key, False, f"test split: {reason}")
                 continue
+            why = self.obj_test.violation(ev, reason)
+            gap = drop_gap((c.search.extra or {}).get("stats"), (ev.extra or {}).get("stats"))
             members.append(FrontMember(c.key, c.plan, c.stage, c.search, ev, c.objectives,
-                                       _floats(self.obj_full.f(ev))))
-        if not members:
-            return []
-        Ff = np.array([m.objectives_full for m in members])
-        front = [members[i] for i in non_dominated(Ff)]
-        front.sort(key=lambda m: (m.objectives_full, m.key))
-        out: list[FrontMember] = []
-        for m in front:  # identical figures: keep one (the smallest key)
-            if not out or out[-1].objectives_full != m.objectives_full:
-                out.append(m)
-        return out
+                                       _floats(self.obj_test.f(ev)), why, gap))
+        return members
+
+
+def _raced(ev: Evaluation | None) -> bool:
+    return bool(ev is not None and ev.extra and ev.extra.get("raced_out"))
 
 
 def run_search(
@@ -587,7 +673,7 @@ def run_search(
     progress: Callable[[ProgressEvent], None] | None = None,
     seed: int = 0,
 ) -> SearchResult:
-    """Run the two-stage search and return the front (full-data figures) and history.
+    """Run the two-stage search and return the front (chosen on search, measured on test) and history.
 
     Ctrl-C (KeyboardInterrupt) stops the search cleanly: everything evaluated is in the
     store and the front of what is there is still computed (``result.interrupted``).
@@ -606,17 +692,18 @@ def run_search(
     stop: dict[int, str] = {}
     interrupted = False
     try:
-        # Baseline on the search subset: the reference for the accuracy-drop constraint.
+        # Baseline on the search split: the reference for the accuracy-drop constraint
+        # during the search (with a noise margin); the test split's judges the front.
         empty = CompressionPlan.empty()
         run.obj_search = Objectives(config.objectives, run.baseline, config.max_accuracy_drop)
-        run.obj_full = run.obj_search
+        run.obj_test = run.obj_search
         base_s = run.evaluate([empty], 0)[0]
         if base_s.search is None:
             raise PlanError(f"the unmodified model fails to evaluate: {base_s.reason}")
         run.obj_search = Objectives(
             config.objectives,
             dataclasses.replace(run.baseline, metric=base_s.search.metric),
-            config.max_accuracy_drop)
+            config.max_accuracy_drop, noise_z=config.drop_noise_z)
         seeds = np.random.SeedSequence(seed).generate_state(2)
         budget1 = budget2 = None
         if config.max_evaluations is not None:
@@ -648,7 +735,7 @@ def run_search(
     # hypervolume reached after each stage: stage 1's candidates, then stages 1 and 2 together
     stage_hv = {1: hypervolume(run._feasible_F(1), run.obj_search.n_obj),
                 2: hypervolume(run._feasible_F(), run.obj_search.n_obj)}
-    front_F = np.array([m.objectives_full for m in front], dtype=float).reshape(
+    front_F = np.array([m.objectives_search for m in front], dtype=float).reshape(
         len(front), run.obj_search.n_obj)
     return SearchResult(
         fingerprint=run.fp,
@@ -674,4 +761,5 @@ def run_search(
         n_search_cached=sum(1 for c in run.records.values() if c.stage > 0 and c.cached),
         n_full_fresh=run.n_full_fresh,
         n_full_cached=run.n_full_cached,
+        n_raced_out=sum(1 for c in run.records.values() if c.raced_out),
     )

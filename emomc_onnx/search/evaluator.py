@@ -87,8 +87,13 @@ class Evaluation:
 class Evaluator(Protocol):
     """What the search needs from a model; implemented by the ONNX evaluator and the toy."""
 
-    def evaluate(self, plan: CompressionPlan, subset: str = "search") -> Evaluation:
-        """Build the plan's model and measure it on ``subset`` ("search" or "full").
+    def evaluate(self, plan: CompressionPlan, subset: str = "search", gate: Any = None) -> Evaluation:
+        """Build the plan's model and measure it on ``subset`` ("search" or "test").
+
+        ``gate`` (racing, search split only): measure the racing prefix first and the rest only
+        if ``gate(prefix_evaluation)`` is true; otherwise return the prefix figures with
+        ``extra["raced_out"] = True``. ``extra["stats"]`` holds the figure's statistics
+        (:func:`emomc_onnx.evaluate.stats.describe`) when the evaluator has per-sample data.
 
         Raises any exception on failure; the search marks the candidate infeasible with the
         exception message as reason.
@@ -100,7 +105,7 @@ class Evaluator(Protocol):
         ...
 
     def baseline(self) -> Evaluation:
-        """Figures of the unmodified model (on the full data)."""
+        """Figures of the unmodified model on the test split."""
         ...
 
     def fingerprint(self) -> str:

@@ -6,8 +6,12 @@ scale: ``error = 1 - metric``, ``energy = energy / baseline.energy``,
 
 * ``G[0]``: 0 for a candidate that built and ran, 1 for a failure (so failures are
   infeasible with a positive constraint violation and ranked behind every feasible one);
-* ``G[1]`` (only with ``max_accuracy_drop``): ``drop_points - max_accuracy_drop`` where
-  ``drop_points = 100 * (baseline.metric - metric)``.
+* ``G[1]`` (only with ``max_accuracy_drop``): ``drop_points - margin - max_accuracy_drop`` where
+  ``drop_points`` is the metric drop versus the original model in points, paired on the same
+  samples when the evaluation carries statistics (``extra["stats"]["diff"]``), else
+  ``100 * (baseline.metric - metric)``; ``margin`` is ``noise_z`` standard errors of that
+  drop (the search judges on a finite split: a candidate within noise of the limit stays
+  feasible, and the test split judges it after the search with ``noise_z = 0``).
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ class Objectives:
         names: chosen objectives, a non-empty subset of ``OBJECTIVES`` in any order.
         baseline: the unmodified model's figures (normalisation and the accuracy drop).
         max_accuracy_drop: allowed metric drop in points (x100), or None.
+        noise_z: standard errors of the measured drop granted as a margin (0: none).
     """
 
     names: tuple[str, ...]
     baseline: Evaluation
     max_accuracy_drop: float | None = None
+    noise_z: float = 0.0
 
     def __post_init__(self) -> None:
         names = tuple(self.names)
@@ -67,8 +73,17 @@ class Objectives:
         return 1 if self.max_accuracy_drop is None else 2
 
     def drop_points(self, ev: Evaluation) -> float:
-        """Metric drop versus the baseline, in points."""
+        """Metric drop versus the original model, in points (paired on the same samples if known)."""
+        stats = ev.extra.get("stats") if ev.extra else None
+        if stats and stats.get("diff") is not None:
+            return -100.0 * float(stats["diff"])
         return 100.0 * (self.baseline.metric - ev.metric)
+
+    def margin_points(self, ev: Evaluation) -> float:
+        """The noise margin of the drop, in points (``noise_z`` standard errors; 0 if unknown)."""
+        stats = ev.extra.get("stats") if ev.extra else None
+        se = stats.get("se_diff") if stats else None
+        return 0.0 if not self.noise_z or se is None else 100.0 * self.noise_z * float(se)
 
     def f(self, ev: Evaluation | None) -> np.ndarray:
         """Normalised objective row (a failure gets error 1 and large costs)."""
@@ -84,7 +99,7 @@ class Objectives:
         row = [0.0 if ev is not None else 1.0]
         if self.max_accuracy_drop is not None:
             row.append(_FAILED_DROP if ev is None
-                       else self.drop_points(ev) - self.max_accuracy_drop)
+                       else self.drop_points(ev) - self.margin_points(ev) - self.max_accuracy_drop)
         return np.array(row, dtype=float)
 
     def violation(self, ev: Evaluation | None, reason: str | None = None) -> str | None:
@@ -93,9 +108,11 @@ class Objectives:
             return reason or "evaluation failed"
         if self.max_accuracy_drop is not None:
             drop = self.drop_points(ev)
-            if drop > self.max_accuracy_drop:
+            margin = self.margin_points(ev)
+            if drop - margin > self.max_accuracy_drop:
+                extra = f" + noise margin {margin:.3f}" if margin else ""
                 return (f"accuracy drop {drop:.3f} points > max_accuracy_drop "
-                        f"{self.max_accuracy_drop:g}")
+                        f"{self.max_accuracy_drop:g}{extra}")
         return None
 
 

@@ -1,7 +1,8 @@
 """SQLite result store: every evaluated candidate, so a killed run resumes cheaply.
 
 One row per (fingerprint, plan key): the plan, the stage that first proposed it, the
-evaluation on the search subset and (for front members) on the full data, feasibility and
+evaluation on the search split and (for front members) on the test split (stored in the
+``*_full`` columns, named before the test split existed), feasibility and
 the reason when infeasible. A second table holds the hypervolume per generation. WAL mode
 and one transaction per write keep the file consistent after a kill at any point.
 """
@@ -81,7 +82,7 @@ class StoredCandidate:
         plan: the compression plan.
         stage: stage that first evaluated it (1 or 2).
         search: evaluation on the search subset, None if it failed.
-        full: evaluation on the full data, None if never run or failed.
+        full: evaluation on the test split (front members), None if never run or failed.
         reason: failure message of the search evaluation (None if it ran); for a
             candidate that ran but broke a constraint, the violation.
         reason_full: failure message of the full evaluation.
@@ -314,7 +315,7 @@ class ResultStore:
     @_guarded
     def set_feasible(self, fingerprint: str, key: str, feasible: bool,
                      reason: str | None) -> None:
-        """Update feasibility after a re-judgement (e.g. on full data)."""
+        """Update feasibility after a re-judgement (e.g. on the test split)."""
         with self._conn:
             self._conn.execute(
                 "UPDATE candidates SET feasible=?, reason=COALESCE(?, reason), updated_at=?"

@@ -148,7 +148,7 @@ def _(d, done):
 def _(d, done):
     m, _ = _md(d)
     tiny_data(d / "one.npz", n=1)
-    return ["compress", m, "--data", "one.npz", "-o", "out", *TINY], "at least 2 needed"
+    return ["compress", m, "--data", "one.npz", "-o", "out", *TINY], "at least 3 needed"
 
 
 @case("compress with a 0-sample npz")

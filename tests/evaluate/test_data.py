@@ -208,3 +208,57 @@ def test_synthetic_data() -> None:
     assert not np.array_equal(other.arrays["image"], ds.arrays["image"])
     with pytest.raises(DataError, match="at least one sample"):
         synthetic_data(model, 0, seed=0, shapes={"ids": (1, 7)})
+
+
+def _ds(n: int) -> Dataset:
+    return Dataset({"x": np.arange(n, dtype=np.float32).reshape(n, 1)}, np.arange(n) % 10, "d.npz")
+
+
+def test_three_splits_default_shares_disjoint_and_fixed_by_the_split_seed() -> None:
+    from emomc_onnx.evaluate.data import make_splits
+
+    sp = make_splits(_ds(3000), None, None, None, seed=0)
+    assert (len(sp.calib), len(sp.search), len(sp.test)) == (300, 1000, 1700)
+    ids = {k: set(sp.__dict__[k].arrays["x"][:, 0].astype(int).tolist()) for k in ("calib", "search", "test")}
+    assert not (ids["calib"] & ids["search"] or ids["calib"] & ids["test"] or ids["search"] & ids["test"])
+    assert len(ids["calib"] | ids["search"] | ids["test"]) == 3000
+    for k in ("calib", "search", "test"):
+        np.testing.assert_array_equal(sp.__dict__[k].arrays["x"][:, 0], sp.indices[k])
+    # the racing prefix of the search split is a random quarter, then the rest
+    assert sp.race == 250
+    head = sp.indices["search"][:250]
+    assert np.all(np.diff(head) > 0) and np.all(np.diff(sp.indices["search"][250:]) > 0)
+    assert head.max() > 2000 and head.min() < 1000  # spread over the file, not its first samples
+    same = make_splits(_ds(3000), None, None, None, seed=0)
+    other = make_splits(_ds(3000), None, None, None, seed=1)
+    for k in ("calib", "search", "test"):
+        np.testing.assert_array_equal(same.indices[k], sp.indices[k])
+        assert not np.array_equal(other.indices[k], sp.indices[k])
+    assert same.summary() == sp.summary() and other.summary() != sp.summary()
+
+
+def test_split_sizes_given_and_refused() -> None:
+    from emomc_onnx.evaluate.data import make_splits
+
+    sp = make_splits(_ds(1000), 64, 300, None, seed=0)
+    assert (len(sp.calib), len(sp.search), len(sp.test)) == (64, 300, 636)
+    sp = make_splits(_ds(1000), 64, 300, 100, seed=0)
+    assert len(sp.test) == 100
+    with pytest.raises(DataError, match="cannot hold 500 calibration \\+ 400 search \\+ 200 test"):
+        make_splits(_ds(1000), 500, 400, 200, seed=0)
+    with pytest.raises(DataError, match="--calib-samples 0: need at least 1"):
+        make_splits(_ds(1000), 0, None, None, seed=0)
+    with pytest.raises(DataError, match="--test-data"):
+        make_splits(_ds(10), 5, 5, None, seed=0)  # nothing left for the test split
+
+
+def test_separate_test_file() -> None:
+    from emomc_onnx.evaluate.data import make_splits
+
+    test = Dataset({"x": -np.arange(1, 501, dtype=np.float32).reshape(500, 1)}, np.zeros(500, int), "t.npz")
+    sp = make_splits(_ds(1000), None, None, None, seed=0, test_ds=test)
+    assert (len(sp.calib), len(sp.search), len(sp.test)) == (100, 900, 500)
+    assert np.all(sp.test.arrays["x"] < 0) and sp.test_source == "t.npz"
+    assert make_splits(_ds(1000), None, None, 200, seed=0, test_ds=test).test.arrays["x"].shape == (200, 1)
+    with pytest.raises(DataError, match="t.npz: 600 test samples asked"):
+        make_splits(_ds(1000), None, None, 600, seed=0, test_ds=test)

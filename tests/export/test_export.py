@@ -30,7 +30,7 @@ def exported(tmp_path_factory) -> tuple[Path, SearchResult, list]:
                        seed=1)
     int8 = ToyEvaluator(TOY).evaluate(
         CompressionPlan(keep={}, density={}, wbits={f"conv{i}": 8 for i in range(4)},
-                        abits={f"conv{i}": 8 for i in range(4)}), "full")
+                        abits={f"conv{i}": 8 for i in range(4)}), "test")
     entries = export_front(r, TOY(), out, extra_points={"uniform int8": int8})
     return out, r, entries
 
@@ -65,13 +65,14 @@ def test_emitted_files_reevaluate_to_recorded_figures(exported) -> None:
         path = e.path(out)
         model = onnx.load(path)
         onnx.checker.check_model(model, full_check=True)
-        assert ev.evaluate_file(path) == e.metric_full  # ORT run of the emitted file
+        assert ev.evaluate_file(path) == e.metric_test  # ORT run of the emitted file
         props = {p.key: p.value for p in model.metadata_props}
         plan = CompressionPlan.from_dict(json.loads(props["emomc.plan"]))
         assert plan.key() == e.key
-        full = ev.evaluate(plan, "full")
-        assert (full.metric, full.energy, full.size_bits) == (e.accuracy, e.energy,
+        test = ev.evaluate(plan, "test")
+        assert (test.metric, test.energy, test.size_bits) == (e.accuracy, e.energy,
                                                              e.size_bits)
+        assert e.accuracy_ci95[0] < e.accuracy < e.accuracy_ci95[1] and e.n_test == test.extra["stats"]["n"]
         assert e.energy_factor == pytest.approx(r.baseline.energy / e.energy)
         assert f"acc{100 * e.accuracy:.2f}" in path.name
 
@@ -102,7 +103,7 @@ def test_select(exported) -> None:
     assert pick.accuracy >= thr
     assert pick.size_bits == min(e.size_bits for e in entries if e.accuracy >= thr)
     assert select(out, max_energy=min(e.energy for e in entries) * 0.5) is None
-    assert select(out, min_accuracy=1.01) is None
+    assert select(out, min_accuracy=100.0) is None  # a percentage: 100%
     assert select(out, max_size_bits=0) is None
 
 
@@ -119,10 +120,44 @@ def test_select_errors(tmp_path: Path) -> None:
         select(tmp_path)
 
 
-def test_render_summary(exported) -> None:
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_render_summary_fits_the_terminal_and_shows_test_figures(exported, width: int) -> None:
     out, r, entries = exported
-    console = Console(record=True, width=250)
-    render_summary(entries, console, baseline=r.baseline)
+    console = Console(record=True, width=width)
+    splits = {"calib": {"n": 300}, "search": {"n": 1000}, "race": {"n": 250},
+              "test": {"n": 1700, "source": "d.npz"}}
+    render_summary(entries, console, baseline=r.baseline, splits=splits)
     text = console.export_text()
-    assert "orig" in text and entries[0].file in text
-    assert f"{100 * entries[-1].accuracy:.2f}" in text
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in text
+    assert "orig" in text and "1700 test samples" in text and "1000 search samples" in text
+    for e in entries:  # every member's test figure, its interval and its search figure
+        row = next(line for line in lines if line.split()[:1] == [str(e.rank)])
+        assert f"{100 * e.accuracy:.2f}" in row and f"{100 * e.accuracy_ci95[0]:.1f}-" in row
+        assert f"{100 * e.metric_search:.2f}" in row
+    assert ("KiB" in text) == (width >= 110)
+    assert (Path(entries[0].file).name in text) == (width >= 160)
+
+
+def test_select_reads_percentages_and_skips_members_breaking_the_drop(exported, tmp_path) -> None:
+    import shutil
+
+    from emomc_onnx.export.select import min_accuracy_fraction
+
+    out, _, entries = exported
+    thr = sorted(e.accuracy for e in entries)[len(entries) // 2]
+    assert select(out, min_accuracy=100 * thr, prefer="size") == select(out, min_accuracy=thr, prefer="size")
+    assert min_accuracy_fraction(97, "accuracy") == (0.97, "--min-accuracy 97 read as 97% (0.97)")
+    assert min_accuracy_fraction(25.0, "sqnr") == (25.0, None)  # dB, its own unit
+    with pytest.raises(DataError, match="percentage"):
+        min_accuracy_fraction(150, "accuracy")
+    # members whose test drop breaks --max-accuracy-drop are never offered
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / "front.json").read_text())
+    best = max(meta["members"], key=lambda m: m["accuracy"])
+    best["within_max_drop"] = False
+    (copy / "front.json").write_text(json.dumps(meta))
+    pick = select(copy, prefer="accuracy")
+    assert pick is not None and pick.key != best["key"] and pick.accuracy <= best["accuracy"]

@@ -30,9 +30,9 @@ class CountingFactory:
         ev = self.base()
         orig = ev.evaluate
 
-        def counted(plan, subset="search"):
+        def counted(plan, subset="search", **kw):
             CALLS.append((plan.key(), subset))
-            return orig(plan, subset)
+            return orig(plan, subset, **kw)
 
         ev.evaluate = counted  # type: ignore[method-assign]
         return ev
@@ -46,7 +46,7 @@ def _run(tmp: Path, config: SearchConfig = SMALL, factory=TOY, seed: int = 0,
 
 
 def _front(r: SearchResult) -> list[tuple[str, tuple[float, ...]]]:
-    return [(m.key, m.objectives_full) for m in r.front]
+    return [(m.key, m.objectives_search, m.objectives_test) for m in r.front]
 
 
 def _dominates(a, b) -> bool:
@@ -62,21 +62,26 @@ def test_same_seed_same_front(tmp_path: Path) -> None:
     assert [x.key for x in a.candidates] != [x.key for x in c.candidates]
 
 
-def test_front_is_non_dominated_and_feasible(tmp_path: Path) -> None:
+def test_front_is_non_dominated_on_search_and_reported_on_test(tmp_path: Path) -> None:
     r = _run(tmp_path)
     F = r.front_objectives()
     assert len(F) >= 3
     for i in range(len(F)):
         for j in range(len(F)):
             assert not _dominates(F[j], F[i]), (i, j)
-    # no feasible candidate re-evaluated on full data dominates a member either
+    # chosen on the search split: no candidate measured on the whole search split dominates a member
+    measured = [c for c in r.candidates if c.feasible and not c.raced_out]
+    for c in measured:
+        assert not any(_dominates(c.objectives, m) for m in F)
+    # every member's reported figures are the test split's, not the search split's
     ev = ToyEvaluator(TOY)
-    for c in r.candidates:
-        if c.feasible:
-            full = ev.evaluate(c.plan, "full")
-            f = (1 - full.metric, full.energy / r.baseline.energy,
-                 full.size_bits / r.baseline.size_bits)
-            assert not any(_dominates(f, m) for m in F)
+    for m in r.front:
+        test = ev.evaluate(m.plan, "test")
+        assert m.test.metric == test.metric and m.test.extra["stats"]["split"] == "test"
+        assert m.search.extra["stats"]["split"] == "search"
+        assert m.objectives_test[0] == pytest.approx(1 - test.metric)
+    assert any(m.search.metric != m.test.metric for m in r.front)
+    assert r.baseline.extra["stats"]["split"] == "test"
     # the history is monotone (cumulative archive) and the final front has a real volume
     hv = [h.hv for h in r.history]
     assert hv == sorted(hv) and r.front_hv > 0
@@ -165,15 +170,41 @@ def test_ctrl_c_returns_the_front_so_far(tmp_path: Path) -> None:
         assert store.count(r.fingerprint) == r.n_evaluations + 1
 
 
-def test_max_accuracy_drop_respected(tmp_path: Path) -> None:
+def test_max_accuracy_drop_judged_on_search_with_margin_then_on_test(tmp_path: Path) -> None:
     free = _run(tmp_path / "free")
-    drops = [100 * (free.baseline.metric - m.full.metric) for m in free.front]
+    drops = [100 * (free.baseline.metric - m.test.metric) for m in free.front]
     assert max(drops) > 2.0  # without the constraint the front goes further
-    r = _run(tmp_path / "c", dataclasses.replace(SMALL, max_accuracy_drop=2.0))
+    cfg = dataclasses.replace(SMALL, max_accuracy_drop=2.0)
+    r = _run(tmp_path / "c", cfg)
     assert r.front
     for m in r.front:
-        assert 100 * (r.baseline.metric - m.full.metric) <= 2.0
+        st = m.search.extra["stats"]
+        # during the search: the search split's paired drop, within one standard error of the limit
+        assert -100 * st["diff"] - 100 * cfg.drop_noise_z * st["se_diff"] <= 2.0
+        # after: the test split's drop decides (kept, but marked)
+        test_drop = -100 * m.test.extra["stats"]["diff"]
+        assert (m.violation is None) == (test_drop <= 2.0), (m.violation, test_drop)
     assert any(not c.feasible and "accuracy drop" in (c.reason or "") for c in r.candidates)
+    # without the margin the search is stricter: never more feasible candidates
+    strict = _run(tmp_path / "s", dataclasses.replace(cfg, drop_noise_z=0.0))
+    assert sum(c.feasible for c in strict.candidates) < sum(c.feasible for c in r.candidates)
+
+
+def test_racing_skips_dominated_candidates_and_keeps_them_out_of_the_front(tmp_path: Path) -> None:
+    CALLS.clear()
+    raced = _run(tmp_path / "race", factory=CountingFactory())
+    out = [c for c in raced.candidates if c.raced_out]
+    assert out and raced.n_raced_out == len(out)
+    assert all(c.search.extra["stats"]["split"] == "race" for c in out)
+    front_keys = {m.key for m in raced.front}
+    assert not front_keys & {c.key for c in out}
+    # a raced-out candidate was dominated, with its optimism, by one measured on the whole split
+    measured = np.array([c.objectives for c in raced.candidates if c.feasible and not c.raced_out])
+    for c in out:
+        assert any(_dominates(m, c.objectives) for m in measured)
+    plain = _run(tmp_path / "plain", dataclasses.replace(SMALL, race=False))
+    assert plain.n_raced_out == 0
+    assert all(c.search.extra["stats"]["split"] == "search" for c in plain.candidates if c.search)
 
 
 def test_max_evaluations_budget(tmp_path: Path) -> None:

@@ -4,11 +4,14 @@ A chain of ``n_layers`` convolution-like layers: every layer but the last has a 
 output-channel group. Quality falls smoothly as channels, density and bit widths fall
 (each layer with its own sensitivity); energy and coded size are computed analytically
 from the kept MACs/weights and the bit widths (None = the reference bits, no quality loss).
-The search-subset metric is the full-data metric plus a small deterministic perturbation
-(a hash of the plan), so the full-data re-evaluation matters as it does on real data.
+Splits are notional sample counts: the test-split metric is the analytic figure rounded to
+whole samples of ``N_TEST``; the search-split metric adds a small deterministic perturbation
+(a hash of the plan), and the racing prefix a larger one, so choosing on the search split and
+reporting the test split differ as they do on real data. Statistics (intervals, paired
+difference to the original) come from hit vectors with those counts.
 
 ``build`` returns a tiny valid ONNX model ``y = x + figure`` (double) whose constant is the
-plan's full-data metric, so running an emitted file through ONNX Runtime with ``x = 0``
+plan's test-split metric, so running an emitted file through ONNX Runtime with ``x = 0``
 (:meth:`ToyEvaluator.evaluate_file`) reproduces the figure recorded for it.
 """
 
@@ -27,7 +30,11 @@ from onnx import TensorProto, helper, numpy_helper
 from emomc_onnx.search.evaluator import Evaluation
 from emomc_onnx.search.space import CompressionPlan, GroupGene, LayerGene, SearchSpace
 
-__all__ = ["ToyEvaluatorFactory", "ToyEvaluator", "toy_space"]
+__all__ = ["ToyEvaluatorFactory", "ToyEvaluator", "toy_space", "N_RACE", "N_SEARCH", "N_TEST"]
+
+N_SEARCH = 1000
+N_RACE = 250
+N_TEST = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,30 +141,52 @@ class ToyEvaluator:
         metric = 0.9 * math.exp(-penalty)
         return metric, energy, size, macs_t, params_t, per_layer
 
-    def evaluate(self, plan: CompressionPlan, subset: str = "search") -> Evaluation:
-        """Analytic figures of a plan; the search subset adds a deterministic wobble."""
-        if subset not in ("search", "full"):
+    def _split_figure(self, plan: CompressionPlan, metric: float, split: str) -> tuple[float, dict]:
+        """The metric on a notional split of whole samples, and its statistics vs the original."""
+        from emomc_onnx.evaluate.stats import describe
+
+        n = {"race": N_RACE, "search": N_SEARCH, "test": N_TEST}[split]
+        wobble = {"race": 0.03, "search": 0.01, "test": 0.0}[split]
+        m0 = self._figures(CompressionPlan.empty())[0]
+        if wobble:
+            h = hashlib.sha256((plan.key() + "/" + split).encode()).digest()
+            metric = metric + wobble * (h[0] / 255.0 - 0.5)
+            m0 = m0 + wobble * (hashlib.sha256(("/" + split).encode()).digest()[0] / 255.0 - 0.5)
+        k = int(round(min(1.0, max(0.0, metric)) * n))
+        k0 = int(round(min(1.0, max(0.0, m0)) * n))
+        hits, ref = np.arange(n) < k, np.arange(n) < k0
+        stats = describe(k / n, k0 / n, hits, ref, n, binary=True, intervals=split == "test")
+        stats["split"] = split
+        return k / n, stats
+
+    def evaluate(self, plan: CompressionPlan, subset: str = "search", gate=None) -> Evaluation:
+        """Analytic figures of a plan on a notional split (racing prefix first with a gate)."""
+        if subset not in ("search", "test"):
             raise ValueError(f"unknown subset {subset!r}")
         self.calls += 1
         if self.cfg.delay_s:
             time.sleep(self.cfg.delay_s)
         metric, energy, size, macs, params, per_layer = self._figures(plan)
-        if subset == "search":
-            h = hashlib.sha256((plan.key() + "/search").encode()).digest()
-            metric = min(1.0, max(0.0, metric + 0.01 * (h[0] / 255.0 - 0.5)))
         d = self.cfg.delay_s
-        return Evaluation(metric=metric, energy=energy, size_bits=size, macs=macs, params=params,
-                          extra={"layers": per_layer,
-                                 "timing_s": {"build": 0.2 * d, "session": 0.1 * d,
-                                              "inference": 0.7 * d}})
+        extra = {"layers": per_layer, "timing_s": {"build": 0.2 * d, "session": 0.1 * d, "inference": 0.7 * d},
+                 "raced_out": False}
+        if subset == "search" and gate is not None:
+            value, stats = self._split_figure(plan, metric, "race")
+            probe = Evaluation(metric=value, energy=energy, size_bits=size, macs=macs, params=params,
+                               extra={**extra, "stats": stats, "raced_out": True})
+            if not gate(probe):
+                return probe
+        value, stats = self._split_figure(plan, metric, subset)
+        return Evaluation(metric=value, energy=energy, size_bits=size, macs=macs, params=params,
+                          extra={**extra, "stats": stats})
 
     def baseline(self) -> Evaluation:
-        """The unmodified model on the full data."""
-        return self.evaluate(CompressionPlan.empty(), "full")
+        """The unmodified model on the test split."""
+        return self.evaluate(CompressionPlan.empty(), "test")
 
     def build(self, plan: CompressionPlan) -> onnx.ModelProto:
-        """A tiny valid model ``y = x + metric_full`` (double)."""
-        metric = self._figures(plan)[0]
+        """A tiny valid model ``y = x + test-split metric`` (double)."""
+        metric = self._split_figure(plan, self._figures(plan)[0], "test")[0]
         graph = helper.make_graph(
             [helper.make_node("Add", ["x", "figure"], ["y"], name="add")],
             "toy",
@@ -172,7 +201,7 @@ class ToyEvaluator:
 
     @staticmethod
     def evaluate_file(path: str | os.PathLike[str]) -> float:
-        """Run an emitted toy model in ONNX Runtime: its full-data metric."""
+        """Run an emitted toy model in ONNX Runtime: its test-split metric."""
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
