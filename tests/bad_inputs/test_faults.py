@@ -41,7 +41,8 @@ def _files(d: pathlib.Path) -> list[str]:
 
 def _counts(stdout: str) -> tuple[int, int, int]:
     """(candidates, evaluated now, read from the store) from the summary line."""
-    m = re.search(r"(\d+) candidates searched \((\d+) evaluated now, (\d+) read from results.sqlite\)",
+    m = re.search(r"(\d+) candidates searched \((?:\d+ stopped after the racing samples; )?(\d+) evaluated now, "
+                  r"(\d+) read from results.sqlite\)",
                   " ".join(stdout.split()))
     assert m, stdout[-600:]
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
