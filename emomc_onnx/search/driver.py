@@ -269,12 +269,10 @@ class SearchResult:
         n_full = self.n_full_fresh + self.n_full_cached
         search = (f"{self.n_evaluations} candidates searched ({self.n_search_fresh} evaluated now, "
                   f"{self.n_search_cached} read from results.sqlite) in {self.elapsed_s:.1f} s")
+        raced = f"; {self.n_raced_out} searched candidates stopped after the racing samples" if self.n_raced_out else ""
         front = (f"{n_full} front candidates measured on the test split ({self.n_full_fresh} now, "
-                 f"{self.n_full_cached} read), {len(self.front)} kept; front hypervolume {self.front_hv:.4f} "
-                 f"(search split)")
-        if self.n_raced_out:
-            search = search.replace(" searched (", f" searched ({self.n_raced_out} stopped after the racing "
-                                    "samples; ", 1)
+                 f"{self.n_full_cached} read), {len(self.front)} kept{raced}; front hypervolume "
+                 f"{self.front_hv:.4f} (search split)")
         return f"{search}\n{front}" + (" (interrupted: partial front)" if self.interrupted else "")
 
     def failures(self) -> dict[str, dict[str, Any]]:

@@ -69,11 +69,11 @@ def test_progress_and_counts_add_up(run) -> None:
     _, res = run
     text = " ".join(res.stdout.split())
     assert "None" not in text and "gen 0/0" not in text and "final gen" not in text
-    m = re.search(r"(\d+) candidates searched \((?:(\d+) stopped after the racing samples; )?(\d+) evaluated now, "
-                  r"(\d+) read from results.sqlite\) in [\d.]+ s (\d+) front candidates measured on the test split "
-                  r"\((\d+) now, (\d+) read\), (\d+) kept", text)
+    m = re.search(r"(\d+) candidates searched \((\d+) evaluated now, (\d+) read from results.sqlite\) in "
+                  r"[\d.]+ s (\d+) front candidates measured on the test split \((\d+) now, (\d+) read\), "
+                  r"(\d+) kept(?:; (\d+) searched candidates stopped after the racing samples)?", text)
     assert m, text[-800:]
-    n, raced, fresh, cached, nfull, full_now, full_read, kept = (int(g or 0) for g in m.groups())
+    n, fresh, cached, nfull, full_now, full_read, kept, raced = (int(g or 0) for g in m.groups())
     assert n == fresh + cached and cached == 0 and nfull == full_now + full_read and 0 < kept <= nfull
     assert raced <= fresh
     front = json.loads((run[0] / "a/b/out/front.json").read_text())
