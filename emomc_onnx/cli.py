@@ -393,6 +393,11 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
         elif f["failed"]:
             logging.getLogger("emomc_onnx").warning("%d of %d %s candidates failed; most common reason: %s",
                                                     f["failed"], f["candidates"], kind, f["reason"])
+    bugs = result.unexpected_failures()
+    if bugs:
+        err_console.print(f"[bold yellow]warning:[/] {len(bugs)} candidates failed with an unexpected error (a bug of "
+                          f"emomc-onnx, not of your model; -v shows the tracebacks); first: {bugs[0]}",
+                          highlight=False, soft_wrap=True)
     console.print(result.counts_line())
     console.print(f"wrote {outdir}/front/ ({len(entries)} models), front.json, front.csv, pareto.png, "
                   f"convergence.png, results.sqlite")

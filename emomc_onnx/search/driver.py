@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -47,7 +48,7 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.problems.static import StaticProblem
 
-from emomc_onnx.errors import MetricError, PlanError
+from emomc_onnx.errors import EmomcError, MetricError, PlanError
 from emomc_onnx.search.evaluator import Evaluation, Evaluator, EvaluatorFactory
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import hypervolume, non_dominated
@@ -289,14 +290,22 @@ class SearchResult:
             tried = [c for c in self.candidates if has(c.plan)]
             failed = [c.reason or "unknown" for c in tried if c.search is None]
             common = max(set(failed), key=failed.count) if failed else None
-            out[kind] = {"candidates": len(tried), "failed": len(failed), "reason": common}
+            out[kind] = {"candidates": len(tried), "failed": len(failed), "reason": common,
+                         "unexpected": sum(1 for r in failed if r.startswith(UNEXPECTED))}
         return out
+
+    def unexpected_failures(self) -> list[str]:
+        """Reasons of the candidates that failed with an error no evaluator should raise (bugs)."""
+        return [c.reason for c in self.candidates if c.search is None and (c.reason or "").startswith(UNEXPECTED)]
 
     def front_objectives(self) -> np.ndarray:
         """Search-split normalised objectives of the front (rows): what it was chosen on."""
         return np.array([m.objectives_search for m in self.front], dtype=float).reshape(
             len(self.front), len(self.config.objectives))
 
+
+UNEXPECTED = "unexpected "  # prefix of the reason of a candidate that failed with a bug, not a plan error
+_WARNED: set[tuple[str, str, int]] = set()
 
 # ---- worker side --------------------------------------------------------------------------
 _WORKER_EVALUATOR: Evaluator | None = None
@@ -359,9 +368,18 @@ def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str, gate: R
             raise ValueError(f"evaluator returned non-finite {', '.join(bad)}")
     except MetricError:  # the user's metric is broken: stop the run, do not blame the candidate
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure makes the candidate infeasible
+    except (EmomcError, MemoryError, FloatingPointError) as exc:  # a plan this model cannot take
         reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:_MAX_REASON]
         logger.debug("candidate %s failed: %s", plan.key(), reason)
+        return None, reason, time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - a bug: the candidate fails, and the run says so loudly
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        reason = (f"{UNEXPECTED}{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:"
+                  f"{where.lineno})").replace("\n", " ")[:_MAX_REASON]
+        key = (type(exc).__name__, where.filename, where.lineno)
+        if key not in _WARNED:  # once per bug and process, with its traceback; every one is counted
+            _WARNED.add(key)
+            logger.warning("candidate %s failed unexpectedly", plan.key(), exc_info=True)
         return None, reason, time.perf_counter() - t0
     return ev, None, time.perf_counter() - t0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -107,6 +108,40 @@ def test_failures_are_infeasible_with_reason(tmp_path: Path) -> None:
         rows = {s.key: s for s in store.candidates(r.fingerprint)}
     for c in failed:
         assert rows[c.key].search is None and "toy failure" in rows[c.key].reason
+
+
+@dataclasses.dataclass(frozen=True)
+class BuggyFactory:
+    """The toy, but plans that prune group 0 below half hit a programming error (a TypeError)."""
+
+    base: ToyEvaluatorFactory = TOY
+
+    def __call__(self):
+        ev = self.base()
+        orig = ev.evaluate
+
+        def buggy(plan, subset="search", **kw):
+            if plan.keep.get(0, 16) < 8:
+                return len(None)  # a bug, not a plan the model cannot take
+            return orig(plan, subset, **kw)
+
+        ev.evaluate = buggy  # type: ignore[method-assign]
+        return ev
+
+
+def test_unexpected_errors_are_counted_and_logged(tmp_path: Path, caplog) -> None:
+    """A bug in an evaluator is not silently an infeasible candidate: its reason says so, the result
+    counts it and the log carries its traceback (once per bug)."""
+    with caplog.at_level(logging.WARNING, logger="emomc_onnx.search.driver"):
+        r = _run(tmp_path, factory=BuggyFactory())
+    bugs = r.unexpected_failures()
+    assert bugs and all(b.startswith("unexpected TypeError") and "test_driver.py:" in b for b in bugs)
+    assert r.failures()["pruned"]["unexpected"] == len(bugs)
+    logged = [rec for rec in caplog.records if "failed unexpectedly" in rec.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    # the toy's own PlanError failures are expected: quiet and not counted as bugs
+    quiet = _run(tmp_path / "q", factory=ToyEvaluatorFactory(fail_keep_below=0.5))
+    assert quiet.failures()["pruned"]["failed"] > 0 and not quiet.unexpected_failures()
 
 
 def test_resume_re_evaluates_nothing(tmp_path: Path) -> None:

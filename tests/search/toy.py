@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from emomc_onnx.errors import PlanError
 from emomc_onnx.search.evaluator import Evaluation
 from emomc_onnx.search.space import CompressionPlan, GroupGene, LayerGene, SearchSpace
 
@@ -114,7 +115,7 @@ class ToyEvaluator:
         for i, la in enumerate(self.space.layers):
             keep = plan.keep.get(i, ch[i]) if i < cfg.n_layers - 1 else ch[i]
             if cfg.fail_keep_below is not None and keep / ch[i] < cfg.fail_keep_below:
-                raise RuntimeError(f"toy failure: group {i} keeps {keep}/{ch[i]} channels")
+                raise PlanError(f"toy failure: group {i} keeps {keep}/{ch[i]} channels")
             r_out = keep / ch[i]
             d = plan.density.get(la.name, 1.0)
             w = plan.wbits.get(la.name)
