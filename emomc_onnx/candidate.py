@@ -334,7 +334,7 @@ class OnnxEvaluator:
             value, stats = self._figure(outs, subset, self.race_n)
             mc = cost()
             probe = Evaluation(metric=value, energy=float(mc.energy), size_bits=float(mc.size_bits), macs=0,
-                               params=0, extra={"stats": stats})
+                               params=0, extra={"stats": stats, "error": self.metric.error(value)})
             raced_out = not gate(probe)
             if not raced_out:
                 tail = self.search.take(np.arange(self.race_n, len(self.search)))
@@ -355,7 +355,8 @@ class OnnxEvaluator:
             metric=value, energy=float(mc.energy), size_bits=float(mc.size_bits), macs=macs, params=params,
             extra={"timing_s": {"build": build_s, "session": t2 - t1, "inference": t3 - t2,
                                 "cost": t4 - t3},
-                   "metric_name": self.metric.name, "dataflow": getattr(mc, "dataflow", None),
+                   "metric_name": self.metric.name, "error": self.metric.error(value),
+                   "dataflow": getattr(mc, "dataflow", None),
                    "coding": getattr(mc, "coding", None), "stats": stats, "raced_out": raced_out},
         )
 

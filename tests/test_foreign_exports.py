@@ -304,3 +304,16 @@ def test_attention_heads_frozen_with_a_precise_reason():
     reasons = {g.sources[0]: g.reason for g in analysis.groups}
     assert "into 2 heads of 4 (attention)" in reasons["q_proj"]
     assert "into 2 heads of 4 (attention)" in reasons["k_proj"]
+
+
+def test_sqnr_metric_gives_errors_in_range(tmp_path):
+    """The metric says what its error is (issue 18): SQNR in dB is not '1 - metric' (-299 before)."""
+    src = _save(tmp_path, paddle_like(opset=13, width=W, constant_weight=False))
+    data, _ = _data(tmp_path, n=120)
+    result, entries, _ = api.compress(src, tmp_path / "o", data=data, metric="sqnr", generations=1, population=4,
+                                      eval_samples=64, calib_samples=32, workers=1)
+    errors = [c.objectives[0] for c in result.candidates if c.search is not None]
+    assert errors and all(0.0 <= e < 1.0 for e in errors), errors
+    assert max(c.search.metric for c in result.candidates if c.search is not None) > 10.0  # dB, not a fraction
+    assert 0.0 <= result.front_hv <= 1.1 ** 3
+    assert all(0.0 <= e.error < 1.0 for e in entries)

@@ -51,7 +51,7 @@ class FrontEntry:
         metric_test: metric on the test split (what ``accuracy`` reports).
         accuracy: ``metric_test``.
         accuracy_ci95: 95% interval of ``accuracy`` (Wilson, or bootstrap), or None.
-        error: ``1 - metric_test``.
+        error: the metric's error on the test split (``Evaluation.error``).
         diff: ``metric_test`` minus the original model's, on the same test samples.
         diff_ci95: 95% interval of ``diff``, or None.
         p_value: of "no difference to the original" (McNemar's exact test for hit/miss
@@ -180,7 +180,7 @@ def export_front(
         entries.append(FrontEntry(
             rank=rank, file=f"{FRONT_DIR}/{name}", key=m.key,
             metric_search=float(m.search.metric), metric_test=float(ev.metric),
-            accuracy=float(ev.metric), accuracy_ci95=st.get("ci95"), error=1.0 - float(ev.metric),
+            accuracy=float(ev.metric), accuracy_ci95=st.get("ci95"), error=ev.error,
             diff=st.get("diff"), diff_ci95=st.get("diff_ci95"), p_value=st.get("p_value"),
             diff_search=ss.get("diff"), gap_flag=bool(m.gap and m.gap.get("flag")),
             within_max_drop=None if limit is None else m.violation is None,

@@ -54,11 +54,11 @@ def plot_pareto(
     sz = [e.size_bits / baseline.size_bits for e in entries]
     pts = {"error": err, "energy": en, "size": sz}
     axes_def = [("energy", "error"), ("size", "error"), ("energy", "size")]
-    labels = {"error": "error (1 - metric, test split)", "energy": "energy / original",
+    labels = {"error": "error (test split)", "energy": "energy / original",
               "size": "coded size / original"}
 
     def coords(ev: Evaluation) -> dict[str, float]:
-        return {"error": 1.0 - ev.metric, "energy": ev.energy / baseline.energy,
+        return {"error": ev.error, "energy": ev.energy / baseline.energy,
                 "size": ev.size_bits / baseline.size_bits}
 
     fig = plt.figure(figsize=(15, 9.5))

@@ -55,6 +55,13 @@ class Evaluation:
     params: int
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def error(self) -> float:
+        """The search's error objective: what the metric says its error is (``extra["error"]``,
+        from ``Metric.error``: 1 - accuracy, a squashed noise ratio for SQNR ...), else 1 - metric."""
+        err = self.extra.get("error") if isinstance(self.extra, Mapping) else None
+        return float(err) if err is not None else 1.0 - float(self.metric)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
         return {

@@ -1,7 +1,7 @@
 """Objectives and constraints: an :class:`Evaluation` -> pymoo ``F`` and ``G`` rows.
 
 Objectives (all minimised) are normalised by the unmodified model so that they share a
-scale: ``error = 1 - metric``, ``energy = energy / baseline.energy``,
+scale: ``error`` as the metric defines it (``Evaluation.error``; 1 - accuracy), ``energy = energy / baseline.energy``,
 ``size = size_bits / baseline.size_bits``. Constraints (``G <= 0`` is satisfied):
 
 * ``G[0]``: 0 for a candidate that built and ran, 1 for a failure (so failures are
@@ -88,7 +88,7 @@ class Objectives:
     def f(self, ev: Evaluation | None) -> np.ndarray:
         """Normalised objective row (a failure gets error 1 and large costs)."""
         vals = {
-            "error": 1.0 if ev is None else 1.0 - float(ev.metric),
+            "error": 1.0 if ev is None else ev.error,
             "energy": FAILED_COST if ev is None else float(ev.energy) / self.baseline.energy,
             "size": FAILED_COST if ev is None else float(ev.size_bits) / self.baseline.size_bits,
         }
