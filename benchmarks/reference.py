@@ -34,7 +34,7 @@ import onnxruntime as ort
 
 from emomc_onnx import api, io
 from emomc_onnx.cost import load_profile
-from emomc_onnx.costing import cost_model
+from emomc_onnx.cost.from_onnx import cost_model
 
 ROOT = _common.ROOT
 PAPER = {"energy": {"xy": 14.0, "icoc": 12.2, "fxfy": 10.4, "xfx": 8.9},

@@ -147,7 +147,7 @@ def profile(
     """Energy and coded size of a float or QDQ model (its non-compute ops listed and costed)
     over a batch (default: the profile's); every dataflow with ``compare``."""
     from emomc_onnx.cost import load_profile
-    from emomc_onnx.costing import cost_layers, cost_other_ops
+    from emomc_onnx.cost.from_onnx import cost_layers, cost_other_ops
     from emomc_onnx.cost import model_cost
 
     prof = load_profile(profile_name)

@@ -252,7 +252,7 @@ class OnnxEvaluator:
         Layer shapes come from the analysis and the plan (no re-analysis of the built model);
         weights are read from the built model (integer codes behind DequantizeLinear).
         """
-        from emomc_onnx.costing import cost_model
+        from emomc_onnx.cost.from_onnx import cost_model
         from emomc_onnx.passes.channel_pruning import predict_layers
 
         keep = self._keep_mask(plan)
@@ -284,7 +284,7 @@ class OnnxEvaluator:
     def evaluate_model(self, proto: onnx.ModelProto, subset: str = "search"):
         """Figures of a model built elsewhere (e.g. ONNX Runtime's quantize_static output) on
         the same data and metric; its cost comes from its own graph (bits read from its QDQ)."""
-        from emomc_onnx.costing import cost_model
+        from emomc_onnx.cost.from_onnx import cost_model
 
         return self._measure(proto, subset, lambda: cost_model(
             proto, self.profile, self.config.dataflow, self.config.coding,

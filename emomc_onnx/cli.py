@@ -364,7 +364,7 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
     from emomc_onnx.errors import DiskFullError
-    from emomc_onnx.export.report import render_summary
+    from emomc_onnx.export.summary import render_summary
     from emomc_onnx.progress import SearchProgress
 
     objs = tuple(o.strip() for o in objectives.split(",") if o.strip())

@@ -12,7 +12,7 @@ from onnx import numpy_helper as nh
 from rich.console import Console
 
 from emomc_onnx.cost import load_profile, render, to_dict
-from emomc_onnx.costing import cost_model, cost_other_ops
+from emomc_onnx.cost.from_onnx import cost_model, cost_other_ops
 
 RNG = np.random.default_rng(0)
 

@@ -18,7 +18,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from emomc_onnx.cost import load_profile
-from emomc_onnx.costing import cost_layers, cost_model
+from emomc_onnx.cost.from_onnx import cost_layers, cost_model
 from emomc_onnx.passes.dequantize import const_weights, float_view
 from emomc_onnx.passes.qdq_bits import read_layer_bits, read_qparam_elems
 from emomc_onnx.passes.quantize import LayerBits

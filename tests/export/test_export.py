@@ -12,7 +12,7 @@ from rich.console import Console
 
 from emomc_onnx.errors import DataError
 from emomc_onnx.export.front import export_front
-from emomc_onnx.export.report import render_summary
+from emomc_onnx.export.summary import render_summary
 from emomc_onnx.export.select import load_front, select
 from emomc_onnx.search.driver import SearchConfig, SearchResult, run_search
 from emomc_onnx.search.space import CompressionPlan
