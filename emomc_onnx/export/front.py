@@ -202,6 +202,7 @@ def export_front(
         "seed": result.seed,
         **run_metadata(evaluator, base),
         "config": result.config.to_dict(),
+        "evaluator": _evaluator_record(evaluator),
         "space": {"kind": result.space.kind, "groups": len(result.space.groups),
                   "layers": len(result.space.layers)},
         "baseline": {"search": result.baseline_search.to_dict(), "test": base.to_dict()},
@@ -336,6 +337,16 @@ def check_front_owner(outdir: str | os.PathLike[str], evaluator: Any, *, overwri
     what = "; ".join(diffs[:3]) if diffs else "other settings or seed"
     raise OutputError(f"{outdir} holds the front of another run ({what}): give --overwrite to replace "
                       "it, or another -o")
+
+
+def _evaluator_record(evaluator: Evaluator) -> dict[str, Any] | None:
+    """The evaluator's full config and data file hash (``run`` above is its human summary): what
+    ``finetune`` needs to rebuild the teacher, the metric and the split, and to refuse
+    training on the run's samples."""
+    config = getattr(evaluator, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        return None
+    return {**dataclasses.asdict(config), "data_sha256": getattr(evaluator, "_data_hash", None)}
 
 
 def _csv(entries: list[FrontEntry]) -> str:
