@@ -1,0 +1,88 @@
+"""Learned-step-size fake quantizers (LSQ, Esser et al. 2020) for weights and activations.
+
+Forward: ``q = round(clamp(x / s + z, qmin, qmax)) - z) * s`` with a straight-through
+round, so gradients reach both ``x`` and the step ``s``; the step's gradient is scaled by
+``1 / sqrt(n * qmax)`` as LSQ does. Weights are symmetric per channel, and their step is
+kept within [0.5, 1] x max|w| / qmax of the channel: the largest weight then always sits on
+the top code, so the exported model stores the learned codes and steps exactly (the
+quantizer's clipping search covers the same ratios) and the bits read back are the member's.
+Activations keep the member's zero point and code range and learn the step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["ActLSQ", "WeightLSQ", "round_ste"]
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round with an identity gradient (straight-through estimator)."""
+    return (torch.round(x) - x).detach() + x
+
+
+def _grad_scale(s: torch.Tensor, g: float) -> torch.Tensor:
+    return (s - s * g).detach() + s * g
+
+
+class WeightLSQ(nn.Module):
+    """Symmetric per-channel (or per-tensor) b-bit weight quantizer with a learned step."""
+
+    def __init__(self, scale, bits: int, axis: int | None, ndim: int) -> None:
+        super().__init__()
+        self.qmax = 2 ** (bits - 1) - 1
+        self.axis = axis
+        self.ndim = ndim
+        self.step = nn.Parameter(torch.as_tensor(scale, dtype=torch.float32).reshape(-1).clone())
+
+    def _shape(self, t: torch.Tensor) -> torch.Tensor:
+        if self.axis is None:
+            return t.reshape([1] * self.ndim)
+        shape = [1] * self.ndim
+        shape[self.axis % self.ndim] = -1
+        return t.reshape(shape)
+
+    def bounds(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel [0.5, 1] x max|w| / qmax (a floor keeps all-zero channels finite)."""
+        dims = [d for d in range(w.dim()) if self.axis is None or d != self.axis % w.dim()]
+        m = w.detach().abs().amax(dim=dims).reshape(-1)
+        hi = torch.clamp(m / self.qmax, min=1e-12)
+        return 0.5 * hi, hi
+
+    def effective_step(self, w: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.bounds(w)
+        return torch.clamp(self.step, lo, hi)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        g = 1.0 / math.sqrt(max(1, w.numel() // max(1, self.step.numel())) * self.qmax)
+        s = self._shape(_grad_scale(self.effective_step(w), g))
+        return round_ste(torch.clamp(w / s, -self.qmax, self.qmax)) * s
+
+    @torch.no_grad()
+    def project(self, w: torch.Tensor) -> None:
+        """Keep the stored step inside its bounds (after an optimizer step)."""
+        self.step.copy_(self.effective_step(w))
+
+
+class ActLSQ(nn.Module):
+    """Per-tensor activation quantizer: the member's zero point and code range, learned step."""
+
+    def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.step = nn.Parameter(torch.tensor(float(scale)))
+        self.zero_point = float(zero_point)
+        self.qmin, self.qmax = float(qmin), float(qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x[0].numel() if x.dim() > 1 else x.numel()
+        g = 1.0 / math.sqrt(max(1, n) * max(1.0, self.qmax - self.zero_point))
+        s = _grad_scale(self.step, g)
+        v = torch.clamp(x / s + self.zero_point, self.qmin, self.qmax)
+        return (round_ste(v) - self.zero_point) * s
+
+    @torch.no_grad()
+    def project(self) -> None:
+        self.step.clamp_(min=1e-8)
