@@ -16,7 +16,7 @@ from emomc_onnx.errors import EmomcError
 from emomc_onnx.paths import check_output_dir, check_output_file
 
 __all__ = ["analyze", "prune", "quantize", "profile", "compress", "sensitivity", "select", "demo_paths", "load",
-           "calibration_batches"]
+           "calibration_batches", "finetune"]
 
 logger = logging.getLogger(__name__)
 
@@ -344,3 +344,30 @@ def quantize(
             "before": {"weight bits": size_before, "file bytes": _file_bytes(model)},
             "after": {"weight bits": size_after, "file bytes": _file_bytes(output)},
             "output": str(output)}
+
+
+def finetune(
+    outdir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    members: Sequence[int] | None = None,
+    epochs: int | None = None,
+    time_budget_s: float | None = None,
+    progress=None,
+    **settings,
+) -> dict:
+    """Fine-tune front members of a compress run (needs the [finetune] extra); see finetune.run."""
+    from emomc_onnx.finetune import require_torch
+
+    require_torch()
+    from emomc_onnx.finetune.run import finetune_front
+    from emomc_onnx.finetune.train import FinetuneConfig
+
+    if epochs is not None and epochs < 1:
+        raise EmomcError(f"--epochs {epochs}: must be >= 1")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise EmomcError(f"--time-budget {time_budget_s}: must be > 0")
+    if epochs is None and time_budget_s is None:
+        epochs = FinetuneConfig.epochs
+    config = FinetuneConfig(epochs=epochs, time_budget_s=time_budget_s, **settings)
+    return finetune_front(outdir, data, members=members, config=config, progress=progress)

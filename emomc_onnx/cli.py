@@ -1,4 +1,4 @@
-"""Command line: ``emomc-onnx inspect|prune|quantize|profile|compress|select``.
+"""Command line: ``emomc-onnx inspect|prune|quantize|profile|compress|select|finetune``.
 
 Thin: parse options, call :mod:`emomc_onnx.api`, print. User errors (EmomcError) print one
 line ``error: ...`` and exit with code 2; never a traceback.
@@ -500,6 +500,41 @@ def select(outdir, max_energy, max_size, min_accuracy, prefer, output) -> None:
     if output:
         atomic_write_bytes(output, src.read_bytes())
         console.print(f"wrote {output}")
+
+
+# ---- finetune (optional [finetune] extra) -------------------------------------------------
+@main.command()
+@click.argument("outdir", type=click.Path())
+@click.option("--data", type=click.Path(), required=True,
+              help="Training .npz (+ labels); must not share samples with the compress run's data.")
+@click.option("--members", default=None, help="Front ranks, e.g. 0,3,5 (default: all).")
+@click.option("--all", "all_members", is_flag=True, help="Every front member (the default).")
+@click.option("--epochs", type=int, default=None, help="Epochs per member (default 3 without --time-budget).")
+@click.option("--time-budget", type=float, default=None, help="Seconds for all members together.")
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
+@click.option("--no-distill", is_flag=True, help="Labels only (no teacher).")
+@click.option("--no-qat", is_flag=True, help="Keep the member's quantizer steps (do not learn them).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_handle_errors
+def finetune(outdir, data, members, all_members, epochs, time_budget, lr, temperature, no_distill, no_qat,
+             seed) -> None:
+    """Fine-tune front members of OUTDIR: distillation from the original model, QAT (needs [finetune])."""
+    from emomc_onnx import api
+    from emomc_onnx.finetune.report import FinetuneProgress, before_after_table
+
+    if members and all_members:
+        raise EmomcError("give --members or --all, not both")
+    try:
+        ranks = [int(r) for r in members.split(",") if r.strip()] if members else None
+    except ValueError:
+        raise EmomcError(f"--members {members!r}: expected front ranks like 0,3,5") from None
+    with FinetuneProgress(console) as bar:
+        summary = api.finetune(outdir, data, members=ranks, epochs=epochs, time_budget_s=time_budget,
+                               progress=bar.update, lr=lr, temperature=temperature,
+                               distill=not no_distill, qat=not no_qat, seed=seed)
+    console.print(before_after_table(summary))
+    console.print(f"wrote {outdir}/finetuned/ ({len(summary['members'])} models), finetune.json, finetune.png")
 
 
 if __name__ == "__main__":  # pragma: no cover

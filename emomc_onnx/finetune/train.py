@@ -53,6 +53,8 @@ class FinetuneConfig:
             sees the fake quantization).
         heldout: share of the training file kept aside for the progress figure.
         seed: seed of the held-out split, the shuffling and torch.
+        threads: torch CPU threads (1, as the search's workers: on 2 cores shared with other
+            jobs, 2 threads ran a small CNN 5x slower than 1).
     """
 
     epochs: int | None = 3
@@ -65,12 +67,14 @@ class FinetuneConfig:
     qat: bool = True
     heldout: float = 0.1
     seed: int = 0
+    threads: int = 1
 
     def key(self) -> str:
         """What a checkpoint must match to be resumed."""
         d = dataclasses.asdict(self)
         d.pop("epochs")
         d.pop("time_budget_s")
+        d.pop("threads")
         return json.dumps(d, sort_keys=True)
 
 
@@ -211,6 +215,8 @@ def train_member(
     if cfg.epochs is None and cfg.time_budget_s is None:
         raise ValueError("give epochs or a time budget")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
     n = len(next(iter(inputs.values())))
     rng = np.random.default_rng(cfg.seed)
@@ -279,7 +285,7 @@ def train_member(
             loss.backward()
             opt.step()
             student.constrain()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress is not None:
                 progress(TrainEvent(epoch + 1, cfg.epochs, step + 1, steps, float(np.mean(losses)), None))
             if over_budget():

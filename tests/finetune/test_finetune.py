@@ -1,0 +1,275 @@
+"""Fine-tuning: ONNX <-> torch round trip, fixed zeros, exported bits, overlap refusal, extra."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from emomc_onnx.errors import EmomcError, UnsupportedOpError
+from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
+from emomc_onnx.evaluate.data import Dataset
+from emomc_onnx.finetune import MISSING_EXTRA, require_torch
+from emomc_onnx.finetune.overlap import check_no_overlap, sample_hashes
+from emomc_onnx.passes.dequantize import weight_codes
+from emomc_onnx.passes.qdq_bits import read_layer_bits
+from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
+from emomc_onnx.passes.sparsity import SparsityPlan, sparsify_model
+
+torch = pytest.importorskip("torch")
+
+from emomc_onnx.finetune.convert import OnnxModule  # noqa: E402
+from emomc_onnx.finetune.member import export_member, read_member  # noqa: E402
+from emomc_onnx.finetune.train import FinetuneConfig, Student, train_member  # noqa: E402
+from emomc_onnx.evaluate.metrics import BUILTIN  # noqa: E402
+
+LAYERS = ("c1", "c2", "fc")
+
+
+def tiny_model(seed: int = 0) -> onnx.ModelProto:
+    """Conv(1->6) Relu MaxPool Conv(6->8) Relu GlobalAveragePool Flatten Gemm(8->5)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("w1", rng.standard_normal((6, 1, 3, 3)) * 0.5), ("b1", rng.standard_normal(6) * 0.1),
+        ("w2", rng.standard_normal((8, 6, 3, 3)) * 0.2), ("b2", rng.standard_normal(8) * 0.1),
+        ("wf", rng.standard_normal((5, 8)) * 0.5), ("bf", rng.standard_normal(5) * 0.1))]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["a1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["a2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def inputs(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+def run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+
+
+BITS = {"c1": LayerBits(3, 8), "c2": LayerBits(2, 4), "fc": LayerBits(4, 6)}
+
+
+def member(density: float | None = 0.5, bits=BITS) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(original float model, a pruned-free sparse mixed-precision QDQ member of it)."""
+    orig = tiny_model()
+    sparse = sparsify_model(orig, SparsityPlan(density={k: density for k in LAYERS})) if density else orig
+    x = inputs(64, seed=7)
+    ranges = calibrate(sparse, {"input": x}, activation_tensors(sparse, list(LAYERS)))
+    return orig, quantize_model(sparse, QuantPlan(layers=bits), ranges)
+
+
+# ---- converter -------------------------------------------------------------------------
+def test_float_round_trip_onnx_torch_onnx() -> None:
+    proto = tiny_model()
+    x = inputs(16)
+    mod = OnnxModule(proto)
+    with torch.no_grad():
+        y = mod(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(y, run(proto, x), rtol=1e-5, atol=1e-5)
+    # parameters are the ONNX initializers, by name; writing them back gives the same model
+    params = mod.onnx_tensors()
+    assert set(params) == {"w1", "b1", "w2", "b2", "wf", "bf"}
+    with torch.no_grad():
+        params["w2"].mul_(0.5)  # a change must reach the exported graph
+    m = read_member(proto)
+    back = export_member(m, {k: v.detach().numpy() for k, v in params.items()}, {})
+    with torch.no_grad():
+        y2 = mod(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(run(back, x), y2, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(y2, y, atol=1e-3)
+
+
+def test_unsupported_op_is_named() -> None:
+    proto = tiny_model()
+    proto.graph.node[1].op_type = "Mish"  # not in the registry
+    with pytest.raises(UnsupportedOpError, match="cannot convert these ops to PyTorch: Mish"):
+        OnnxModule(proto)
+
+
+def test_qdq_member_round_trip_is_exact() -> None:
+    """A member taken apart and exported untrained stores the same codes and runs the same."""
+    _, q = member()
+    m = read_member(q)
+    assert set(m.weights) == set(LAYERS) and {a.bits for a in m.acts.values()} >= {4, 6}
+    x = inputs(32)
+    st = Student(m).eval()
+    with torch.no_grad():
+        y = st(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(y, run(q, x), atol=1e-4)
+    back = st.export()
+    onnx.checker.check_model(back)
+    c0, c1 = weight_codes(q), weight_codes(back)
+    assert c0.keys() == c1.keys()
+    for k in c0:
+        np.testing.assert_array_equal(c0[k], c1[k], err_msg=k)
+    np.testing.assert_allclose(run(back, x), run(q, x), atol=1e-5)
+
+
+# ---- training --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    orig, q = member()
+    m = read_member(q)
+    x = inputs(400, seed=3)
+    teacher = [run(orig, x)]
+    cfg = FinetuneConfig(epochs=4, batch_size=32, lr=3e-3, heldout=0.25)
+    ckpt = tmp_path_factory.mktemp("ft") / "m.pt"
+    tuned, info = train_member(m, {"input": x}, teacher, None, BUILTIN["cosine"], cfg, ckpt)
+    return orig, q, m, tuned, info, ckpt, x, teacher
+
+
+def test_training_moves_toward_the_teacher(trained) -> None:
+    orig, q, _, tuned, info, _, _, _ = trained
+    x = inputs(300, seed=11)  # samples the training never saw
+    ref = run(orig, x)
+    before = float(np.mean((run(q, x) - ref) ** 2))
+    after = float(np.mean((run(tuned, x) - ref) ** 2))
+    assert after < 0.7 * before, (before, after)
+    hist = [h["heldout"] for h in info["history"]]
+    assert len(hist) == 5 and hist[-1] > hist[0]
+
+
+def test_zeros_stay_exact_zeros(trained) -> None:
+    _, q, m, tuned, _, _, _, _ = trained
+    c0, c1 = weight_codes(q), weight_codes(tuned)
+    changed = 0
+    for k in ("w1_dequantized", "w2_dequantized", "wf_dequantized"):
+        zeros = c0[k] == 0
+        assert zeros.mean() >= 0.45, k  # the member's sparsity (50%) and zero codes
+        assert np.all(c1[k][zeros] == 0), k
+        changed += int(np.sum(c1[k] != c0[k]))
+    assert changed > 0  # training did move weights
+    # the float weights in training too, not only their codes
+    st = Student(m)
+    st.load_state_dict(torch.load(trained[5], weights_only=False)["student"])
+    for name, p in st.net.onnx_tensors().items():
+        if name in m.masked:
+            base = numpy_helper.to_array(next(t for t in m.float_proto.graph.initializer if t.name == name))
+            assert np.all(p.detach().numpy()[base == 0] == 0), name
+
+
+def test_exported_bits_equal_the_members(trained) -> None:
+    _, q, m, tuned, _, _, _, _ = trained
+    want = read_layer_bits(q)
+    assert want == {k: v for k, v in BITS.items()}
+    assert read_layer_bits(tuned) == want
+    # a learned step drifted above max|w| / qmax must still export at the member's bits
+    st = Student(m)
+    with torch.no_grad():
+        for mod in st.wq.values():
+            mod.step.mul_(3.0)
+    assert read_layer_bits(st.export()) == want
+
+
+def test_resume_continues_from_the_checkpoint(trained) -> None:
+    _, _, m, _, info, ckpt, x, teacher = trained
+    cfg = FinetuneConfig(epochs=5, batch_size=32, lr=3e-3, heldout=0.25)
+    _, info2 = train_member(m, {"input": x}, teacher, None, BUILTIN["cosine"], cfg, ckpt)
+    assert [h["epoch"] for h in info2["history"]] == [0, 1, 2, 3, 4, 5]
+    assert info2["history"][:5] == info["history"]
+
+
+# ---- data overlap ----------------------------------------------------------------------
+def test_sample_hashes_ignore_storage_dtype() -> None:
+    a = np.arange(2 * 4, dtype=np.uint8).reshape(2, 1, 2, 2)
+    h8 = sample_hashes(Dataset({"input": a}))
+    h32 = sample_hashes(Dataset({"input": a.astype(np.float32)}))
+    assert h8 == h32 and h8[0] != h8[1]
+
+
+def _fake_run(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """A compress output dir whose front.json records a model and data file (one member)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(tiny_model(), model)
+    used = inputs(40, seed=5)
+    data = tmp_path / "used.npz"
+    np.savez(data, input=used)
+    out = tmp_path / "out"
+    out.mkdir()
+    entry = {"rank": 0, "file": "front/rank00.onnx", "key": "k", "metric_search": 1.0, "metric_full": 1.0,
+             "accuracy": 1.0, "error": 0.0, "energy": 1.0, "size_bits": 1.0, "energy_factor": 1.0,
+             "size_factor": 1.0, "macs": 1, "params": 1, "keep": {}, "density": {}, "wbits": {}, "abits": {}}
+    record = {"model": str(model), "profile": "eyeriss", "data": str(data), "input_shapes": [],
+              "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+    (out / "front.json").write_text(json.dumps({"evaluator": record, "members": [entry]}))
+    return out, data, used
+
+
+def test_overlapping_training_file_is_refused(tmp_path: Path) -> None:
+    from emomc_onnx.cli import main
+
+    out, _, used = _fake_run(tmp_path)
+    train = tmp_path / "train.npz"
+    fresh = inputs(30, seed=99)
+    np.savez(train, input=np.concatenate([fresh, used[3:5]]))
+    res = CliRunner().invoke(main, ["finetune", str(out), "--data", str(train), "--epochs", "1"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert "2 of 32 training samples are also in the compress run's data" in lines[0]
+    assert not (out / "finetuned").exists()
+
+
+def test_overlap_check_passes_disjoint_and_refuses_changed_file(tmp_path: Path) -> None:
+    out, data, _ = _fake_run(tmp_path)
+    record = json.loads((out / "front.json").read_text())["evaluator"]
+    assert check_no_overlap(Dataset({"input": inputs(30, seed=99)}, source="t"), record) == 40
+    np.savez(data, input=inputs(40, seed=6))  # the run's file replaced since
+    with pytest.raises(EmomcError, match="changed since the run"):
+        check_no_overlap(Dataset({"input": inputs(30, seed=99)}, source="t"), record)
+
+
+def test_front_json_records_the_evaluator(tmp_path: Path) -> None:
+    from emomc_onnx.candidate import EvaluatorConfig
+    from emomc_onnx.export.front import _evaluator_record
+
+    out, data, _ = _fake_run(tmp_path)
+    np.savez(data, input=inputs(80, seed=5), labels=np.zeros(80, np.int64))
+    ev = EvaluatorConfig(model=str(tmp_path / "m.onnx"), profile="eyeriss", data=str(data),
+                         calib_samples=16, eval_samples=32, recovery="none")()
+    rec = _evaluator_record(ev)
+    assert rec["model"] == str(tmp_path / "m.onnx") and rec["data"] == str(data)
+    assert rec["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+# ---- the optional extra ----------------------------------------------------------------
+def test_missing_extra_message(tmp_path: Path, monkeypatch) -> None:
+    from emomc_onnx.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(EmomcError) as exc:
+        require_torch()
+    assert str(exc.value) == MISSING_EXTRA
+    res = CliRunner().invoke(main, ["finetune", str(tmp_path), "--data", str(tmp_path / "x.npz")])
+    assert res.exit_code == 2
+    assert res.output.strip() == f"error: {MISSING_EXTRA}"
+
+
+def test_core_imports_stay_torch_free() -> None:
+    code = ("import sys, emomc_onnx.api, emomc_onnx.cli, emomc_onnx.finetune, emomc_onnx.finetune.overlap, "
+            "emomc_onnx.finetune.report; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
