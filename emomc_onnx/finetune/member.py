@@ -69,6 +69,7 @@ class Member:
     acts: dict[str, ActQuant]
     trainable: frozenset[str]  # compute layers' weights and biases (initializer names)
     masked: frozenset[str]  # compute layers' weights: their zeros stay zeros
+    int32_bias: frozenset[str] = frozenset()  # layers whose bias is int32 at scale s_x * s_w
 
 
 def _arr(inits: Mapping[str, onnx.TensorProto], name: str) -> np.ndarray:
@@ -126,6 +127,7 @@ def read_member(proto: onnx.ModelProto) -> Member:
     # weights: DQ(const) feeding input 1 of a quantizable layer
     bits = read_layer_bits(proto)
     weights: dict[str, WeightQuant] = {}
+    int32_bias: set[str] = set()
     for n in g.node:
         if n.op_type not in QUANTIZABLE_OPS or len(n.input) < 2:
             continue
@@ -137,6 +139,10 @@ def read_member(proto: onnx.ModelProto) -> Member:
         scale = _arr(inits, dq.input[1]).astype(np.float32)
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) if scale.size > 1 else None
         weights[n.name] = WeightQuant(n.name, _strip(n.input[1]), lb.wbits, axis, scale.reshape(-1))
+        bq = producer.get(n.input[2]) if len(n.input) > 2 else None
+        if bq is not None and bq.op_type == "DequantizeLinear" and bq.input[0] in inits \
+                and inits[bq.input[0]].data_type == onnx.TensorProto.INT32:
+            int32_bias.add(n.name)
     trainable, masked = set(), set()
     finits = {t.name for t in fproto.graph.initializer}
     for n in fproto.graph.node:
@@ -145,7 +151,7 @@ def read_member(proto: onnx.ModelProto) -> Member:
             trainable.add(n.input[1])
             if len(n.input) > 2 and n.input[2] in finits:
                 trainable.add(n.input[2])
-    return Member(fproto, bits, weights, acts, frozenset(trainable), frozenset(masked))
+    return Member(fproto, bits, weights, acts, frozenset(trainable), frozenset(masked), frozenset(int32_bias))
 
 
 def producer_name_is(graph: onnx.GraphProto, node_name: str, op_type: str) -> bool:
