@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ActLSQ", "WeightLSQ", "round_ste"]
+__all__ = ["ActLSQ", "BiasQuant", "WeightLSQ", "round_ste"]
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -86,3 +86,21 @@ class ActLSQ(nn.Module):
     @torch.no_grad()
     def project(self) -> None:
         self.step.clamp_(min=1e-8)
+
+
+class BiasQuant:
+    """A bias rounded to int32 codes at scale s_x * s_w, as the exported model stores it.
+
+    Not a module: it reads the step of the layer's input quantizer and its weight
+    quantizer's effective step (for the current weight) at every call.
+    """
+
+    def __init__(self, act: ActLSQ, weight: WeightLSQ, get_weight) -> None:
+        self.act, self.weight, self.get_weight = act, weight, get_weight
+
+    def __call__(self, b: torch.Tensor) -> torch.Tensor:
+        s = self.act.step.clamp(min=1e-8) * self.weight.effective_step(self.get_weight())
+        if s.numel() not in (1, b.numel()):
+            return b
+        s = torch.maximum(s.reshape(-1), b.detach().abs().reshape(-1) / 2.0**30).reshape(b.shape)
+        return round_ste(b / s) * s
