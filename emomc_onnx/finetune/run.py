@@ -24,10 +24,11 @@ import onnx
 
 from emomc_onnx import io
 from emomc_onnx.errors import DataError, EmomcError
-from emomc_onnx.export.front import FRONT_JSON, FrontEntry, atomic_write_bytes
+from emomc_onnx.export.front import FRONT_JSON, FrontEntry
 from emomc_onnx.finetune.member import read_member
 from emomc_onnx.finetune.overlap import check_no_overlap
 from emomc_onnx.finetune.train import FinetuneConfig, TrainEvent, train_member
+from emomc_onnx.paths import atomic_write_bytes, locked
 
 __all__ = ["FINETUNE_DIR", "FINETUNE_JSON", "finetune_front"]
 
@@ -104,11 +105,17 @@ def finetune_front(
         progress: called with (rank, event) while training; (rank, None) when a member starts.
         plot: also write OUTDIR/finetune.png.
     """
+    out = Path(outdir)
+    meta = _read_front(out)
+    with locked(out):  # no compress or other finetune writes OUTDIR meanwhile
+        return _finetune(out, meta, data, members, config, progress, plot)
+
+
+def _finetune(out: Path, meta: dict[str, Any], data, members, config: FinetuneConfig, progress,
+              plot: bool) -> dict[str, Any]:
     from emomc_onnx.evaluate.data import input_specs, load_data
     from emomc_onnx.evaluate.metrics import resolve_metric
 
-    out = Path(outdir)
-    meta = _read_front(out)
     record = meta["evaluator"]
     entries = [FrontEntry.from_dict(m) for m in meta["members"]]
     by_rank = {e.rank: e for e in entries}
