@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import RESULTS, write  # noqa: E402
+from _common import RESULTS, write
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import importlib
 
 from emomc_onnx.errors import EmomcError
 
-__all__ = ["require_torch", "MISSING_EXTRA"]
+__all__ = ["MISSING_EXTRA", "require_torch"]
 
 MISSING_EXTRA = "fine-tuning needs the [finetune] extra: pip install 'emomc-onnx[finetune]'"
 

@@ -180,14 +180,22 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
     "Identity": lambda x: x, "Softplus": F.softplus, "HardSwish": F.hardswish,
 }
+def _unary(f: Callable[[torch.Tensor], torch.Tensor]) -> Op:
+    return lambda a, x: f(x)
+
+
+def _binary(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Op:
+    return lambda a, x, y: f(x, y)
+
+
 for _name, _fn in _UNARY.items():
-    CONVERTERS[_name] = (lambda f: lambda a, x: f(x))(_fn)
+    CONVERTERS[_name] = _unary(_fn)
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow,
     "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt,
 }
 for _name, _fn in _BINARY.items():
-    CONVERTERS[_name] = (lambda f: lambda a, x, y: f(x, y))(_fn)
+    CONVERTERS[_name] = _binary(_fn)
 
 
 @_register("Div")
@@ -365,8 +373,12 @@ def _resize(a, x, roi=None, scales=None, sizes=None):
     return F.interpolate(x, scale_factor=[float(s) for s in scales.tolist()[2:]], mode="nearest")
 
 
+def _reducer(name: str) -> Op:
+    return lambda a, *xs: _reduce(a, *xs, _op=name)
+
+
 for _op in ("ReduceMean", "ReduceSum", "ReduceMax"):
-    CONVERTERS[_op] = (lambda name: lambda a, *xs: _reduce(a, *xs, _op=name))(_op)
+    CONVERTERS[_op] = _reducer(_op)
 CONVERTERS["LogSoftmax"] = lambda a, x: F.log_softmax(x, a.get("axis", -1))
 
 

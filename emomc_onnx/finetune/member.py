@@ -160,7 +160,7 @@ def producer_name_is(graph: onnx.GraphProto, node_name: str, op_type: str) -> bo
 
 
 def _strip(name: str) -> str:
-    return name[: -len("_dequantized")] if name.endswith("_dequantized") else name
+    return name.removesuffix("_dequantized")
 
 
 def _rename_dequantized(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -90,7 +90,7 @@ def finetune_front(
     data: str | Path,
     *,
     members: Sequence[int] | None = None,
-    config: FinetuneConfig = FinetuneConfig(),
+    config: FinetuneConfig | None = None,
     progress: Callable[[int, TrainEvent | None], None] | None = None,
     plot: bool = True,
 ) -> dict[str, Any]:
@@ -107,6 +107,7 @@ def finetune_front(
     """
     out = Path(outdir)
     meta = _read_front(out)
+    config = config or FinetuneConfig()
     with locked(out):  # no compress or other finetune writes OUTDIR meanwhile
         return _finetune(out, meta, data, members, config, progress, plot)
 

@@ -310,6 +310,6 @@ def train_member(
             _save(checkpoint, {"key": ckey, "student": student.state_dict(), "opt": opt.state_dict(),
                                "epoch": epoch, "elapsed": time.perf_counter() - t0, "history": history})
     student.eval()
-    return student.cpu().export(), {"history": history, "epochs": epoch, "train_samples": int(len(train)),
+    return student.cpu().export(), {"history": history, "epochs": epoch, "train_samples": len(train),
                                     "heldout_samples": int(n_hold), "device": device,
                                     "elapsed_s": time.perf_counter() - t0}

@@ -27,10 +27,10 @@ from emomc_onnx.passes.sparsity import SparsityPlan, sparsify_model
 
 torch = pytest.importorskip("torch")
 
-from emomc_onnx.finetune.convert import OnnxModule  # noqa: E402
-from emomc_onnx.finetune.member import export_member, read_member  # noqa: E402
-from emomc_onnx.finetune.train import FinetuneConfig, Student, train_member  # noqa: E402
-from emomc_onnx.evaluate.metrics import BUILTIN  # noqa: E402
+from emomc_onnx.evaluate.metrics import BUILTIN
+from emomc_onnx.finetune.convert import OnnxModule
+from emomc_onnx.finetune.member import export_member, read_member
+from emomc_onnx.finetune.train import FinetuneConfig, Student, train_member
 
 LAYERS = ("c1", "c2", "fc")
 
@@ -173,9 +173,9 @@ def test_zeros_stay_exact_zeros(trained) -> None:
 
 
 def test_exported_bits_equal_the_members(trained) -> None:
-    _, q, m, tuned, _, _, _, _ = trained
+    q, tuned = trained[1], trained[3]
     want = read_layer_bits(q)
-    assert want == {k: v for k, v in BITS.items()}
+    assert want == BITS
     assert read_layer_bits(tuned) == want
 
 
@@ -183,7 +183,7 @@ def test_exported_bits_equal_the_members(trained) -> None:
 def test_export_matches_the_trained_student_when_steps_drift(trained) -> None:
     """A learned step pushed above max|w| / qmax is held at the top of its range, so the
     exported codes are the student's: ONNX Runtime and torch agree."""
-    _, _, m, _, _, ckpt, _, _ = trained
+    m, ckpt = trained[2], trained[5]
     st = Student(m)
     st.load_state_dict(torch.load(ckpt, weights_only=False)["student"])
     with torch.no_grad():
@@ -258,7 +258,7 @@ def test_front_json_records_the_evaluator(tmp_path: Path) -> None:
     from emomc_onnx.candidate import EvaluatorConfig
     from emomc_onnx.export.front import _evaluator_record
 
-    out, data, _ = _fake_run(tmp_path)
+    _, data, _ = _fake_run(tmp_path)
     np.savez(data, input=inputs(80, seed=5), labels=np.zeros(80, np.int64))
     ev = EvaluatorConfig(model=str(tmp_path / "m.onnx"), profile="eyeriss", data=str(data),
                          calib_samples=16, eval_samples=32, recovery="none")()
