@@ -110,11 +110,15 @@ def test_unsupported_op_is_named() -> None:
         OnnxModule(proto)
 
 
-def test_qdq_member_round_trip_is_exact() -> None:
+@pytest.mark.parametrize("bits", [BITS, {"c1": LayerBits(16, 16), "c2": LayerBits(8, 8), "fc": LayerBits(None, 5)}],
+                         ids=["mixed", "w16a16-w8a8-float"])
+def test_qdq_member_round_trip_is_exact(bits) -> None:
     """A member taken apart and exported untrained stores the same codes and runs the same."""
-    _, q = member()
+    _, q = member(bits=bits)
     m = read_member(q)
-    assert set(m.weights) == set(LAYERS) and {a.bits for a in m.acts.values()} >= {4, 6}
+    assert set(m.weights) == {k for k, v in bits.items() if v.wbits is not None}
+    assert {a.bits for a in m.acts.values()} >= {v.abits for v in bits.values() if v.abits != 16}
+    assert read_layer_bits(q) == bits
     x = inputs(32)
     st = Student(m).eval()
     with torch.no_grad():
