@@ -44,7 +44,7 @@ def main() -> None:
     models = [("demo", str(api.demo_paths()[0]), None, None)]
     for e in CORPUS:
         if e.available():
-            data = e.build(1, 0, **e.geometry) if e.geometry else e.build(1, 0)
+            data = e.build(1, 0)
             models.append((e.name, str(e.path()), data, e))
     rows = []
     for name, path, data, entry in models:

@@ -11,6 +11,7 @@ an entry in :data:`CONVERTERS` is refused up front with the list of missing ops.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -380,6 +381,32 @@ def _reducer(name: str) -> Op:
 for _op in ("ReduceMean", "ReduceSum", "ReduceMax"):
     CONVERTERS[_op] = _reducer(_op)
 CONVERTERS["LogSoftmax"] = lambda a, x: F.log_softmax(x, a.get("axis", -1))
+
+
+CONVERTERS["Max"] = lambda a, *xs: functools.reduce(torch.maximum, xs)
+CONVERTERS["Min"] = lambda a, *xs: functools.reduce(torch.minimum, xs)
+
+
+@_register("Where")
+def _where(a, cond, x, y):
+    return torch.where(cond.bool(), x, y)
+
+
+@_register("Expand")
+def _expand(a, x, shape):
+    return torch.broadcast_to(x, torch.broadcast_shapes(tuple(x.shape), tuple(_ints(shape))))
+
+
+@_register("Range")
+def _range(a, start, limit, delta):
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
+@_register("ConstantOfShape")
+def _constant_of_shape(a, shape):
+    value = a.get("value")
+    arr = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    return torch.full(_ints(shape), arr.reshape(-1)[0].item(), dtype=torch.from_numpy(arr).dtype)
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:

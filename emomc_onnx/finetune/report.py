@@ -85,5 +85,6 @@ class FinetuneProgress:
             return
         fields = {"epoch": f"{event.epoch}/{event.epochs or '?'}", "loss": f"{event.loss:.4f}"}
         if event.heldout is not None:
-            fields["heldout"] = f"{100 * event.heldout:.2f}%"
+            h = event.heldout
+            fields["heldout"] = f"{100 * h:.2f}%" if 0.0 <= h <= 1.0 else f"{h:.4g}"  # sqnr: dB
         self._progress.update(self._tasks[rank], completed=event.step, total=event.steps, **fields)

@@ -103,6 +103,31 @@ def test_float_round_trip_onnx_torch_onnx() -> None:
     assert not np.allclose(y2, y, atol=1e-3)
 
 
+def test_shape_and_select_ops_match_onnx_runtime() -> None:
+    """ConstantOfShape, Max, Expand, Greater, Where, Range, Cast (transformer and detector glue)."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 3] out) <int64[2] shp = {2, 3}, float[3] b = {0.5, -1.0, 2.0},
+                                                int64 s0 = {0}, int64 s1 = {3}, int64 s2 = {1},
+                                                float zero = {0.0}> {
+            c = ConstantOfShape <value = float[1] {1.5}> (shp)
+            m = Max(x, c)
+            e = Expand(b, shp)
+            pos = Greater(x, zero)
+            w = Where(pos, m, e)
+            r = Range(s0, s1, s2)
+            rf = Cast <to = 1> (r)
+            out = Add(w, rf)
+        }""")
+    onnx.checker.check_model(model)
+    x = inputs(1, seed=4).reshape(-1)[:6].reshape(2, 3)
+    mod = OnnxModule(model)
+    with torch.no_grad():
+        y = mod(torch.from_numpy(x))[0].numpy()
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_unsupported_op_is_named() -> None:
     proto = tiny_model()
     proto.graph.node[1].op_type = "Mish"  # not in the registry
