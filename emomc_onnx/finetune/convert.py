@@ -255,7 +255,7 @@ def _reshape(a, x, shape):
     dims = _ints(shape)
     if not a.get("allowzero", 0):
         dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    return x.reshape(dims)
+    return x.reshape(tuple(dims))
 
 
 @_register("Transpose")
@@ -355,7 +355,7 @@ def _gather(a, x, idx):
     axis = a.get("axis", 0) % x.dim()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     return torch.index_select(x, axis, idx.reshape(-1)).reshape(
-        *x.shape[:axis], *idx.shape, *x.shape[axis + 1:])
+        (*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
 
 
 @_register("Dropout")

@@ -128,6 +128,23 @@ def test_shape_and_select_ops_match_onnx_runtime() -> None:
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
 
 
+def test_dynamic_reshape_from_scalar_gather() -> None:
+    """Shape -> Gather(scalar index) -> Unsqueeze -> Concat -> Reshape (exporters' flatten)."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3, 4] x) => (float[2, 12] out) <int64 i = {0}, int64[1] ax = {0}, int64[1] m1 = {-1}> {
+            s = Shape(x)
+            n = Gather <axis = 0> (s, i)
+            u = Unsqueeze(n, ax)
+            shp = Concat <axis = 0> (u, m1)
+            out = Reshape(x, shp)
+        }""")
+    x = inputs(1).reshape(-1)[:24].reshape(2, 3, 4)
+    with torch.no_grad():
+        y = OnnxModule(model)(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_array_equal(y, x.reshape(2, 12))
+
+
 def test_unsupported_op_is_named() -> None:
     proto = tiny_model()
     proto.graph.node[1].op_type = "Mish"  # not in the registry
