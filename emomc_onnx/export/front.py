@@ -346,7 +346,13 @@ def _evaluator_record(evaluator: Evaluator) -> dict[str, Any] | None:
     config = getattr(evaluator, "config", None)
     if config is None or not dataclasses.is_dataclass(config):
         return None
-    return {**dataclasses.asdict(config), "data_sha256": getattr(evaluator, "_data_hash", None)}
+    import hashlib
+
+    rec = dataclasses.asdict(config)
+    for key in ("data", "test_data"):
+        path = rec.get(key)
+        rec[f"{key}_sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    return rec
 
 
 def _csv(entries: list[FrontEntry]) -> str:

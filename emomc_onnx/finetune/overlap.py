@@ -42,19 +42,24 @@ def check_no_overlap(train: Dataset, record: Mapping[str, Any]) -> int:
 
     Args:
         train: the training samples.
-        record: front.json's ``evaluator`` entry (``data`` path, ``data_sha256``).
+        record: front.json's ``evaluator`` entry (``data`` and ``test_data`` paths, their
+            ``*_sha256``).
 
     Returns:
-        The number of samples of the run's data file checked (0 for synthetic data).
+        The number of samples of the run's data files checked (0 for synthetic data).
     """
-    path = record.get("data")
-    if not path:
-        return 0  # the run used synthetic inputs: nothing real to leak
-    p = pathlib.Path(path)
+    checked = 0
+    for key in ("data", "test_data"):  # the run's file, and its separate test file if any
+        path = record.get(key)
+        if path:
+            checked += _check_file(train, pathlib.Path(path), record.get(f"{key}_sha256"))
+    return checked
+
+
+def _check_file(train: Dataset, p: pathlib.Path, want: str | None) -> int:
     if not p.exists():
         raise DataError(f"the compress run's data file {p} (recorded in front.json) is not there: "
                         f"cannot check that the training data does not overlap it")
-    want = record.get("data_sha256")
     if want and hashlib.sha256(p.read_bytes()).hexdigest() != want:
         raise DataError(f"the compress run's data file {p} changed since the run: cannot check "
                         f"that the training data does not overlap the samples it used")

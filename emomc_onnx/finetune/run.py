@@ -24,7 +24,7 @@ import onnx
 
 from emomc_onnx import io
 from emomc_onnx.errors import DataError, EmomcError
-from emomc_onnx.export.front import FRONT_JSON, FrontEntry
+from emomc_onnx.export.front import FRONT_JSON
 from emomc_onnx.finetune.member import read_member
 from emomc_onnx.finetune.overlap import check_no_overlap
 from emomc_onnx.finetune.train import FinetuneConfig, TrainEvent, train_member
@@ -118,8 +118,8 @@ def _finetune(out: Path, meta: dict[str, Any], data, members, config: FinetuneCo
     from emomc_onnx.evaluate.metrics import resolve_metric
 
     record = meta["evaluator"]
-    entries = [FrontEntry.from_dict(m) for m in meta["members"]]
-    by_rank = {e.rank: e for e in entries}
+    entries = meta.get("members") or []
+    by_rank = {int(m["rank"]): str(m["file"]) for m in entries}  # the member's ONNX file
     ranks = sorted(by_rank) if members is None else list(dict.fromkeys(members))
     bad = [r for r in ranks if r not in by_rank]
     if bad:
@@ -146,38 +146,39 @@ def _finetune(out: Path, meta: dict[str, Any], data, members, config: FinetuneCo
     results = []
     t_start = time.perf_counter()
     for i, rank in enumerate(ranks):
-        entry = by_rank[rank]
+        source = by_rank[rank]
         cfg = config
         if config.time_budget_s is not None:
             left = config.time_budget_s - (time.perf_counter() - t_start)
             cfg = dataclasses.replace(config, time_budget_s=max(1.0, left / (len(ranks) - i)))
         if progress is not None:
             progress(rank, None)
-        proto = onnx.load(str(entry.path(out)))
+        proto = onnx.load(str(out / source))
         member = read_member(proto)
-        ckpt = work / "ckpt" / f"{Path(entry.file).stem}.pt"
+        ckpt = work / "ckpt" / f"{Path(source).stem}.pt"
         tuned, info = train_member(member, train.arrays, teacher, train.labels, metric, cfg, ckpt,
                                    (lambda ev, r=rank: progress(r, ev)) if progress else None)
         props = {p.key: p.value for p in proto.metadata_props}
-        props["emomc.finetune"] = json.dumps({"epochs": info["epochs"], "source": entry.file,
+        props["emomc.finetune"] = json.dumps({"epochs": info["epochs"], "source": source,
                                               "config": dataclasses.asdict(cfg)})
         onnx.helper.set_model_props(tuned, props)
         onnx.checker.check_model(tuned)
-        name = f"{FINETUNE_DIR}/{Path(entry.file).stem}_ft.onnx"
+        name = f"{FINETUNE_DIR}/{Path(source).stem}_ft.onnx"
         atomic_write_bytes(out / name, tuned.SerializeToString())
-        before = evaluator.evaluate_model(proto, "full")
-        after = evaluator.evaluate_model(tuned, "full")
+        before = evaluator.evaluate_model(proto, "test")
+        after = evaluator.evaluate_model(tuned, "test")
         results.append({
-            "rank": rank, "source": entry.file, "file": name, "metric_name": after.extra.get("metric_name"),
+            "rank": rank, "source": source, "file": name, "metric_name": after.extra.get("metric_name"),
             "before": _figures(before), "after": _figures(after),
             "energy_factor": {"before": baseline.energy / before.energy, "after": baseline.energy / after.energy},
             "size_factor": {"before": baseline.size_bits / before.size_bits,
                             "after": baseline.size_bits / after.size_bits},
-            "eval_samples": len(evaluator.full), **info,
+            "eval_samples": len(evaluator.test), **info,
         })
     summary = {
         "version": 1, "data": str(Path(data).resolve()), "train_samples": len(train),
-        "overlap_checked_against": {"data": record.get("data"), "samples": checked},
+        "overlap_checked_against": {"data": record.get("data"), "test_data": record.get("test_data"),
+                                    "samples": checked},
         "config": dataclasses.asdict(config), "baseline": _figures(baseline),
         "elapsed_s": time.perf_counter() - t_start, "members": results,
     }

@@ -267,9 +267,7 @@ def _fake_run(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     np.savez(data, input=used)
     out = tmp_path / "out"
     out.mkdir()
-    entry = {"rank": 0, "file": "front/rank00.onnx", "key": "k", "metric_search": 1.0, "metric_full": 1.0,
-             "accuracy": 1.0, "error": 0.0, "energy": 1.0, "size_bits": 1.0, "energy_factor": 1.0,
-             "size_factor": 1.0, "macs": 1, "params": 1, "keep": {}, "density": {}, "wbits": {}, "abits": {}}
+    entry = {"rank": 0, "file": "front/rank00.onnx"}  # what finetune reads of a member
     record = {"model": str(model), "profile": "eyeriss", "data": str(data), "input_shapes": [],
               "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
     (out / "front.json").write_text(json.dumps({"evaluator": record, "members": [entry]}))
@@ -295,6 +293,14 @@ def test_overlap_check_passes_disjoint_and_refuses_changed_file(tmp_path: Path) 
     out, data, _ = _fake_run(tmp_path)
     record = json.loads((out / "front.json").read_text())["evaluator"]
     assert check_no_overlap(Dataset({"input": inputs(30, seed=99)}, source="t"), record) == 40
+    # a separate test file (compress --test-data) is off limits too
+    test = tmp_path / "test.npz"
+    held = inputs(10, seed=42)
+    np.savez(test, input=held)
+    rec2 = {**record, "test_data": str(test), "test_data_sha256": hashlib.sha256(test.read_bytes()).hexdigest()}
+    assert check_no_overlap(Dataset({"input": inputs(30, seed=99)}, source="t"), rec2) == 50
+    with pytest.raises(EmomcError, match="1 of 31 training samples are also in the compress run's data .*test.npz"):
+        check_no_overlap(Dataset({"input": np.concatenate([inputs(30, seed=99), held[:1]])}, source="t"), rec2)
     np.savez(data, input=inputs(40, seed=6))  # the run's file replaced since
     with pytest.raises(EmomcError, match="changed since the run"):
         check_no_overlap(Dataset({"input": inputs(30, seed=99)}, source="t"), record)
@@ -311,6 +317,7 @@ def test_front_json_records_the_evaluator(tmp_path: Path) -> None:
     rec = _evaluator_record(ev)
     assert rec["model"] == str(tmp_path / "m.onnx") and rec["data"] == str(data)
     assert rec["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert rec["test_data"] is None and rec["test_data_sha256"] is None
 
 
 # ---- the optional extra ----------------------------------------------------------------
