@@ -511,15 +511,20 @@ def select(outdir, max_energy, max_size, min_accuracy, prefer, output) -> None:
 @click.option("--all", "all_members", is_flag=True, help="Every front member (the default).")
 @click.option("--epochs", type=int, default=None, help="Epochs per member (default 3 without --time-budget).")
 @click.option("--time-budget", type=float, default=None, help="Seconds for all members together.")
-@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--no-distill", is_flag=True, help="Labels only (no teacher).")
 @click.option("--no-qat", is_flag=True, help="Keep the member's quantizer steps (do not learn them).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Held-out split, shuffling, torch.")
 @_handle_errors
 def finetune(outdir, data, members, all_members, epochs, time_budget, lr, temperature, no_distill, no_qat,
              seed) -> None:
-    """Fine-tune front members of OUTDIR: distillation from the original model, QAT (needs [finetune])."""
+    """Fine-tune front members (distillation + QAT).
+
+    Each member of OUTDIR's front learns from the original model (teacher outputs, labels
+    when the data has them) with its zeros kept and its quantizer steps learned, and is
+    written at the same bits to OUTDIR/finetuned/. Needs the [finetune] extra (torch).
+    """
     from emomc_onnx import api
     from emomc_onnx.finetune.report import FinetuneProgress, before_after_table
 
