@@ -1,10 +1,10 @@
 """Fine-tuning on the demo: the front before and after, and what distillation and QAT each bring.
 
-Runs ``compress --demo`` (small budget), then fine-tunes front members on the 4,000 MNIST
-training samples of ``train_demo.load_mnist`` (the demo's data file holds the other 1,000,
+Runs ``compress --demo`` (small budget), then fine-tunes front members on the 2,000 MNIST
+training samples of ``train_demo.load_mnist`` (the demo's data file holds the other 3,000,
 so no training sample is one the search or its figures used; the tool checks this by
-sample hash). Accuracy is measured on the compress run's evaluation samples (its data file
-minus the calibration samples), which training never sees, with 95% Wilson intervals.
+sample hash). Accuracy is measured on the compress run's test split, which training never
+sees, with 95% Wilson intervals.
 Ablation on the chosen member: distillation + QAT (learned steps), distillation with the
 member's steps frozen, labels only with QAT.
 
