@@ -298,7 +298,7 @@ def prune_with_recovery(
 
 def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
                  rows: Mapping[str, np.ndarray], dense: Mapping[str, np.ndarray], ridge: float = 1e-3,
-                 iters: int = 8) -> None:
+                 iters: int = 8, tol: float = 1e-10) -> None:
     """Re-fit the nonzero weights of sparsified layers to their dense outputs, in place.
 
     ``dense``: layer name -> the layer's weight before sparsity (same layout as now); the
@@ -307,6 +307,8 @@ def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
     applied (None if none), which selects the row columns the pruned layer still reads.
     Each output row o solves ``min ||X w_o + c_o - X wd_o||^2 + lam ||w_o||^2`` over its
     nonzeros (c_o: bias shift, not for MatMul), i.e. the normal equations masked to its support.
+    Conjugate gradients stop after ``iters`` steps or once every row's squared residual is below
+    ``tol`` times its right-hand side's.
     """
     nodes = {n.name: n for n in model.graph}
     in_masks = _consumer_masks(analysis, keep) if keep is not None else {}
@@ -352,9 +354,9 @@ def refit_sparse(model: ir.Model, analysis: Analysis, keep: np.ndarray | None,
         r = b - apply(v)
         p = r.copy()
         rs = np.einsum("ij,ij->i", r, r)
-        tol = 1e-10 * np.maximum(np.einsum("ij,ij->i", b, b), 1e-30)
+        stop = tol * np.maximum(np.einsum("ij,ij->i", b, b), 1e-30)  # squared residual, relative
         for _ in range(iters):
-            if np.all(rs <= tol):
+            if np.all(rs <= stop):
                 break
             ap = apply(p)
             denom = np.einsum("ij,ij->i", p, ap)
