@@ -188,6 +188,8 @@ def compress(
     input_shapes=None,
     progress=None,
     extra_points: Mapping | None = None,
+    cluster: str | None = None,
+    ort_threads: int = 1,
     recovery: str = "lsq",
     overwrite: bool = False,
 ):
@@ -216,15 +218,20 @@ def compress(
         input_shapes=tuple((k, tuple(v)) for k, v in shapes.items()), dataflow=dataflow, coding=coding,
         metric=metric, eval_samples=eval_samples, calib_samples=calib_samples, test_samples=test_samples,
         test_data=str(pathlib.Path(str(test_data)).resolve()) if test_data else None, split_seed=split_seed,
-        recovery=recovery,
+        recovery=recovery, threads=ort_threads,
     )
+    if cluster:
+        from emomc_onnx.search.backends import parse_cluster
+
+        parse_cluster(cluster)  # a malformed address fails before any work
     evaluator = config()
     evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
     search_space = make_space(evaluator, kind=space)
     out, created = prepare_outdir(outdir)
     sconfig = SearchConfig(objectives=tuple(objectives), population=population, generations=generations,
                            max_evaluations=max_evaluations, time_budget_s=time_budget_s,
-                           max_accuracy_drop=max_accuracy_drop, workers=workers, resume=resume)
+                           max_accuracy_drop=max_accuracy_drop, workers=workers, resume=resume,
+                           cluster=cluster or None)
     try:
         with locked(out):
             check_front_owner(out, evaluator, overwrite=overwrite)

@@ -44,6 +44,8 @@ class SearchProgress:
         total = event.max_evaluations
         evals = (f"{event.n_evaluations}/{total} candidates" if total is not None
                  else f"{event.n_evaluations} candidates")
+        if getattr(event, "workers", None):
+            evals += f", {event.workers}"
         self._progress.update(
             self._task, completed=event.n_evaluations, total=total, what=what, evals=evals,
             best=best, hv=f"{event.hv:.4f}",

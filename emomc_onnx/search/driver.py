@@ -26,15 +26,11 @@ time budget is the only source of run-to-run variation.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import inspect
-import itertools
 import logging
 import math
-import multiprocessing
 import os
-import signal
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +45,7 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.problems.static import StaticProblem
 
 from emomc_onnx.errors import EmomcError, MetricError, PlanError
+from emomc_onnx.search.backends import Backend, make_backend
 from emomc_onnx.search.evaluator import Evaluation, Evaluator, EvaluatorFactory
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import hypervolume, non_dominated
@@ -86,7 +83,9 @@ class SearchConfig:
         time_budget_s: total wall-clock budget in seconds, or None.
         stage1_share: share of ``max_evaluations``/``time_budget_s`` given to stage 1.
         max_accuracy_drop: allowed metric drop versus the unmodified model, in points.
-        workers: evaluation processes; 1 evaluates in this process.
+        workers: local evaluation processes; 1 evaluates in this process (without ``cluster``).
+        cluster: a Dask scheduler address (``tcp://HOST:8786``) or ``local:N`` (a LocalCluster
+            of N single-threaded processes): candidates are evaluated there instead.
         resume: reuse candidates already in the store (same fingerprint and plan key).
         mp_context: multiprocessing start method for workers ("spawn" or "forkserver").
         n_uniform: uniform levels used to seed stage 1 (keep/density at the same fraction).
@@ -110,6 +109,7 @@ class SearchConfig:
     race: bool = True
     race_z: float = 2.0
     drop_noise_z: float = 1.0
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -234,6 +234,7 @@ class ProgressEvent:
     best: dict[str, float]
     hv: float
     phase: str = "search"
+    workers: str | None = None  # e.g. "2 workers up" on a Dask cluster
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,54 +308,8 @@ class SearchResult:
 UNEXPECTED = "unexpected "  # prefix of the reason of a candidate that failed with a bug, not a plan error
 _WARNED: set[tuple[str, str, int]] = set()
 
-# ---- worker side --------------------------------------------------------------------------
-_WORKER_EVALUATOR: Evaluator | None = None
 
-
-# Math libraries in a worker start one thread each: N workers with N-thread BLAS pools each
-# oversubscribe the cores (measured on the demo: 2 workers were slower than 1). Set in the
-# parent only while it spawns workers, since a library reads them when it loads.
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                "NUMEXPR_NUM_THREADS")
-
-
-def _spawn_pool(workers: int, mp_context: str, factory: EvaluatorFactory) -> cf.ProcessPoolExecutor:
-    """A started worker pool whose processes use single-threaded math libraries."""
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    for k in _THREAD_VARS:
-        os.environ.setdefault(k, "1")
-    try:
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(mp_context),
-                                      initializer=_worker_init, initargs=(factory,))
-        # start every worker now, while the variables are set
-        list(pool.map(_worker_ping, range(workers * 2)))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return pool
-
-
-def _worker_ping(_: int) -> int:
-    return os.getpid()
-
-
-def _worker_init(factory: EvaluatorFactory) -> None:
-    """Build the evaluator once per worker; Ctrl-C is handled by the parent only."""
-    global _WORKER_EVALUATOR
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER_EVALUATOR = factory()
-
-
-def _worker_eval(plan: CompressionPlan, subset: str, gate: RaceGate | None = None
-                 ) -> tuple[Evaluation | None, str | None, float]:
-    if _WORKER_EVALUATOR is None:  # pragma: no cover - initializer always ran
-        return None, "worker has no evaluator", 0.0
-    return _safe_eval(_WORKER_EVALUATOR, plan, subset, gate)
-
-
+# ---- evaluation (in this process or a backend's workers) ---------------------------------
 def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str, gate: RaceGate | None = None
                ) -> tuple[Evaluation | None, str | None, float]:
     """Evaluate, turning any exception into a failure reason."""
@@ -406,7 +361,8 @@ class _Run:
         self.history: list[HVRecord] = []
         self.eval_wall = 0.0
         self.eval_seconds = 0.0
-        self.pool: cf.ProcessPoolExecutor | None = None
+        self.backend: Backend | None = None
+        self._backend_ready = False
         self.n_fresh = 0
         self.n_cached = 0
         self.n_full_fresh = 0
@@ -427,14 +383,20 @@ class _Run:
 
     # -- evaluation plumbing --
     def _map(self, plans: Sequence[CompressionPlan], subset: str, gate: RaceGate | None = None
-             ) -> Iterator[tuple[Evaluation | None, str | None, float]]:
-        if self.config.workers > 1 and len(plans) > 1:
-            if self.pool is None:
-                self.pool = _spawn_pool(self.config.workers, self.config.mp_context, self.factory)
-            yield from self.pool.map(_worker_eval, plans, itertools.repeat(subset), itertools.repeat(gate))
+             ) -> Iterator[tuple[int, tuple[Evaluation | None, str | None, float]]]:
+        """(index, result) of every plan, in order of completion (the backend's, or in order here)."""
+        if len(plans) > 1 and not self._backend_ready:
+            self.backend = make_backend(self.config.cluster, self.config.workers, self.factory,
+                                        self.config.mp_context)
+            self._backend_ready = True
+        if self.backend is not None and len(plans) > 1:
+            yield from self.backend.map_unordered(_safe_eval, plans, subset, gate)
         else:
-            for p in plans:
-                yield _safe_eval(self.evaluator, p, subset, gate)
+            for i, p in enumerate(plans):
+                yield i, _safe_eval(self.evaluator, p, subset, gate)
+
+    def workers_status(self) -> str | None:
+        return self.backend.status() if self.backend is not None else None
 
     def _gate(self, stage: int) -> RaceGate | None:
         """The racing gate for a batch: the archive as it stands before the batch (deterministic)."""
@@ -473,16 +435,21 @@ class _Run:
             else:
                 todo.append(p)
         t0 = time.perf_counter()
-        for p, (ev, reason, secs) in zip(todo, self._map(todo, "search", self._gate(stage))):
-            k = p.key()
-            F, G, ok, why = self._judge(ev, reason)
-            self.store.put_search(self.fp, p, stage, ev, feasible=ok, reason=why,
-                                  objectives=list(F), seconds=secs)
-            self.records[k] = Candidate(k, p, stage, ev, why, _floats(F), _floats(G), ok,
-                                        secs, False, _raced(ev))
-            self.n_fresh += 1
-            self.eval_seconds += secs
-        self.eval_wall += time.perf_counter() - t0
+        done: dict[int, Candidate] = {}
+        try:  # stored as each one finishes
+            for i, (ev, reason, secs) in self._map(todo, "search", self._gate(stage)):
+                p = todo[i]
+                F, G, ok, why = self._judge(ev, reason)
+                self.store.put_search(self.fp, p, stage, ev, feasible=ok, reason=why,
+                                      objectives=list(F), seconds=secs)
+                done[i] = Candidate(p.key(), p, stage, ev, why, _floats(F), _floats(G), ok, secs, False,
+                                    _raced(ev))
+                self.n_fresh += 1
+                self.eval_seconds += secs
+        finally:
+            for i in sorted(done):  # the run's records in plan order, whatever order they finished in
+                self.records[done[i].key] = done[i]
+            self.eval_wall += time.perf_counter() - t0
         return [self.records[p.key()] for p in plans]
 
     def evaluate_test(self, cands: Sequence[Candidate]) -> None:
@@ -499,7 +466,8 @@ class _Run:
             else:
                 todo.append(c.plan)
         t0 = time.perf_counter()
-        for p, (ev, reason, secs) in zip(todo, self._map(todo, "test")):
+        for i, (ev, reason, secs) in self._map(todo, "test"):
+            p = todo[i]
             self.store.put_full(self.fp, p, ev, reason=reason, seconds=secs)
             self.test[p.key()] = (ev, reason)
             self.n_fresh += 1
@@ -646,7 +614,8 @@ class _Run:
                         rec.n_evaluations, rec.hv)
             if self.progress is not None:
                 self.progress(ProgressEvent(stage, gen, cfg.generations, rec.n_evaluations,
-                                            cfg.max_evaluations, self._best(), rec.hv))
+                                            cfg.max_evaluations, self._best(), rec.hv,
+                                            workers=self.workers_status()))
         return "generations"
 
     def final_front(self) -> list[FrontMember]:
@@ -739,15 +708,15 @@ def run_search(
         if progress is not None:
             progress(ProgressEvent(0, 0, 0, run._n_evals(), config.max_evaluations,
                                    run._best(), run.history[-1].hv if run.history else 0.0,
-                                   phase="front"))
+                                   phase="front", workers=run.workers_status()))
         front = run.final_front()
         if progress is not None:
             progress(ProgressEvent(0, 0, 0, run._n_evals(), config.max_evaluations,
                                    run._best(), run.history[-1].hv if run.history else 0.0,
                                    phase="final"))
     finally:
-        if run.pool is not None:
-            run.pool.shutdown(wait=True, cancel_futures=True)
+        if run.backend is not None:
+            run.backend.close()
     # hypervolume reached after each stage: stage 1's candidates, then stages 1 and 2 together
     stage_hv = {1: hypervolume(run._feasible_F(1), run.obj_search.n_obj),
                 2: hypervolume(run._feasible_F(), run.obj_search.n_obj)}
