@@ -163,9 +163,10 @@ class DaskBackend:
 
         self.spec = spec
         self.cluster = None
-        quiet = logging.getLogger("distributed")
-        if quiet.level == logging.NOTSET:  # its INFO lines would break the progress bar
-            quiet.setLevel(logging.WARNING)
+        for name, level in (("distributed", logging.WARNING), ("distributed.client", logging.CRITICAL)):
+            quiet = logging.getLogger(name)  # INFO lines would break the progress bar; a lost
+            if quiet.level == logging.NOTSET:  # scheduler is reported by us, in one line
+                quiet.setLevel(level)
         try:
             if n_local is not None:
                 with _single_threaded_env():
@@ -182,7 +183,7 @@ class DaskBackend:
         pickle.dumps(plugin)  # a factory that cannot travel fails here, not on every worker
         try:
             self.client.register_plugin(plugin, name=self.name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a worker raised while building
             self._shutdown()
             raise ClusterError(f"the Dask workers at {spec} cannot build the evaluator: "
                                f"{type(exc).__name__}: {exc}") from None
@@ -211,7 +212,10 @@ class DaskBackend:
                     res = fut.result()
                 except EmomcError:
                     raise
-                except Exception as exc:
+                except (cf.CancelledError, OSError) as exc:  # we cancel nothing while we wait
+                    logger.debug("candidate future ended: %r", exc)
+                    raise self._lost() from None
+                except Exception as exc:  # noqa: BLE001 - Dask's own errors (KilledWorker ...)
                     if self.client.status not in ("running", "connecting"):
                         raise self._lost() from None
                     raise ClusterError(f"a candidate failed on the Dask cluster at {self.spec}: "
@@ -222,7 +226,7 @@ class DaskBackend:
                 try:
                     self.client.cancel(list(futures))
                 except Exception:  # noqa: BLE001 - the scheduler may be gone already
-                    pass
+                    logger.debug("cancel failed", exc_info=True)
 
     def _lost(self) -> ClusterError:
         return ClusterError(f"lost the Dask scheduler at {self.spec}; every finished candidate is in "

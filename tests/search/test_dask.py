@@ -169,6 +169,7 @@ print("evaluations", r.n_evaluations, "fresh", r.n_search_fresh, "cached", r.n_s
 """
 
 
+@pytest.mark.slow
 def test_resume_after_driver_kill_re_evaluates_nothing_finished(tmp_path: Path, cluster) -> None:
     address, _ = cluster
     out, log = tmp_path / "run", tmp_path / "evals.log"
