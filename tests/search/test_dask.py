@@ -40,10 +40,10 @@ class LoggingFactory:
         orig = ev.evaluate
         log, tag = self.log, self.tag
 
-        def logged(plan, subset="search"):
+        def logged(plan, subset="search", **kw):
             with open(log, "a") as f:
                 f.write(f"{os.getpid()} {plan.key()} {subset} {tag}\n")
-            return orig(plan, subset)
+            return orig(plan, subset, **kw)
 
         ev.evaluate = logged  # type: ignore[method-assign]
         return ev
@@ -63,7 +63,7 @@ def _run(tmp: Path, config: SearchConfig, factory, seed: int = 0, progress=None)
 
 
 def _front(r: SearchResult) -> list[tuple[str, tuple[float, ...]]]:
-    return [(m.key, m.objectives_full) for m in r.front]
+    return [(m.key, m.objectives_test) for m in r.front]
 
 
 def _rows(db: Path) -> dict[str, tuple]:
