@@ -171,7 +171,7 @@ class DaskBackend:
             if n_local is not None:
                 with _single_threaded_env():
                     self.cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
-                                                dashboard_address=None)
+                                                dashboard_address=":0", host="127.0.0.1")
                 self.client = Client(self.cluster, set_as_default=False)
             else:
                 self.client = Client(address, timeout=connect_timeout_s, set_as_default=False)

@@ -54,11 +54,11 @@ from emomc_onnx.search.space import CompressionPlan, SearchSpace
 from emomc_onnx.search.store import HVRecord, ResultStore
 
 __all__ = [
+    "RaceGate",
+    "SearchConfig",
     "Candidate",
     "FrontMember",
     "ProgressEvent",
-    "RaceGate",
-    "SearchConfig",
     "SearchResult",
     "run_search",
 ]
@@ -327,7 +327,7 @@ def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str, gate: R
         reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:_MAX_REASON]
         logger.debug("candidate %s failed: %s", plan.key(), reason)
         return None, reason, time.perf_counter() - t0
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a bug: the candidate fails, and the run says so loudly
         where = traceback.extract_tb(exc.__traceback__)[-1]
         reason = (f"{UNEXPECTED}{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:"
                   f"{where.lineno})").replace("\n", " ")[:_MAX_REASON]

@@ -84,7 +84,7 @@ def cluster():
 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1") as lc, \
             Client(lc, set_as_default=False) as client:
         yield lc.scheduler_address, client
 
@@ -97,6 +97,22 @@ def test_parse_cluster() -> None:
             parse_cluster(bad)
 
 
+def test_cluster_same_front_as_local_evaluation(tmp_path: Path, cluster) -> None:
+    address, _ = cluster
+    log = tmp_path / "evals.log"
+    factory = LoggingFactory(str(log))
+    local = _run(tmp_path / "local", SMALL, factory, seed=4)
+    n_local = len(_log(log))
+    log.unlink()
+    dask = _run(tmp_path / "dask", dataclasses.replace(SMALL, cluster=address), factory, seed=4)
+    assert _front(dask) == _front(local) and _front(dask)
+    assert [c.key for c in dask.candidates] == [c.key for c in local.candidates]
+    ran = _log(log)
+    assert len(ran) == n_local
+    assert len({pid for pid, _, _ in ran} - {os.getpid()}) == 2  # both workers evaluated
+
+
+@pytest.mark.slow
 def test_local_cluster_same_front_as_local_pool(tmp_path: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
