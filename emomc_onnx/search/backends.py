@@ -163,10 +163,10 @@ class DaskBackend:
 
         self.spec = spec
         self.cluster = None
-        for name, level in (("distributed", logging.WARNING), ("distributed.client", logging.CRITICAL)):
-            quiet = logging.getLogger(name)  # INFO lines would break the progress bar; a lost
-            if quiet.level == logging.NOTSET:  # scheduler is reported by us, in one line
-                quiet.setLevel(level)
+        # INFO lines would break the progress bar; a lost scheduler is reported by us, in one line
+        # (distributed's own logging config sets these levels when it loads, so set them after)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
         try:
             if n_local is not None:
                 with _single_threaded_env():
