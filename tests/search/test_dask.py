@@ -223,3 +223,10 @@ def test_unreachable_scheduler_is_a_cluster_error(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     with pytest.raises(Exception, match="cannot reach the Dask scheduler"):
         DaskBackend(f"tcp://127.0.0.1:{port}", ToyEvaluatorFactory(), connect_timeout_s=2)
+
+
+def test_missing_distributed_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(Exception, match=r"emomc-onnx\[dask\]") as err:
+        DaskBackend("tcp://127.0.0.1:1", ToyEvaluatorFactory())
+    assert "\n" not in str(err.value)
