@@ -225,7 +225,7 @@ class DaskBackend:
             if self.client.status == "running":
                 try:
                     self.client.cancel(list(futures))
-                except Exception:  # noqa: BLE001 - the scheduler may be gone already
+                except Exception:
                     logger.debug("cancel failed", exc_info=True)
 
     def _lost(self) -> ClusterError:
