@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from emomc_onnx.analysis import ops as _ops
+from emomc_onnx.evaluate.session import pad_batch
 from emomc_onnx.errors import DataError
 
 __all__ = ["calibrate", "activation_tensors", "METHODS", "COMPUTE_OPS"]
@@ -80,10 +81,8 @@ def _batches(data: Mapping[str, np.ndarray], batch_size: int, fixed: int | None)
     bs = fixed or batch_size
     for i in range(0, n, bs):
         feed = {k: np.ascontiguousarray(v[i:i + bs]) for k, v in data.items()}
-        count = len(next(iter(feed.values())))
-        if fixed and count < fixed:  # a static batch: pad with the last sample (ranges unchanged)
-            feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed - count, axis=0)]) for k, v in feed.items()}
-        yield feed
+        # a static batch: pad with the last sample (ranges unchanged)
+        yield pad_batch(feed, fixed) if fixed else feed
 
 
 class _Chunk:

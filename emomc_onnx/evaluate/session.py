@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from emomc_onnx.errors import DataError, ModelError
 
-__all__ = ["check_runtime_opset", "make_session", "run_batched", "run_feed"]
+__all__ = ["check_runtime_opset", "make_session", "pad_batch", "run_batched", "run_feed"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,14 @@ def _fixed_batch(session: ort.InferenceSession) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def pad_batch(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """``feed`` grown to ``size`` samples by repeating its last one (for a static batch axis)."""
+    count = len(next(iter(feed.values())))
+    if count >= size:
+        return feed
+    return {k: np.concatenate([v, np.repeat(v[-1:], size - count, axis=0)]) for k, v in feed.items()}
+
+
 def run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray],
              names: list[str] | None = None) -> list[np.ndarray]:
     """``session.run(names, feed)`` for any number of samples, whatever the model's batch axis.
@@ -124,9 +132,7 @@ def run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray],
     for i in range(0, count, fixed):
         chunk = {k: v[i:i + fixed] for k, v in feed.items()}
         n = len(next(iter(chunk.values())))
-        if n < fixed:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], fixed - n, axis=0)]) for k, v in chunk.items()}
-        parts.append([r[:n] for r in session.run(names, chunk)])
+        parts.append([r[:n] for r in session.run(names, pad_batch(chunk, fixed))])
     return [np.concatenate(rs) for rs in zip(*parts)]
 
 
@@ -139,19 +145,14 @@ def run_batched(session: ort.InferenceSession, dataset, batch_size: int = 256) -
     """
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
-    fixed = _fixed_batch(session)
-    bs = fixed or batch_size
     outs: list[list[np.ndarray]] = [[] for _ in session.get_outputs()]
-    for feed in dataset.batches(bs):
-        count = len(next(iter(feed.values())))
-        if fixed and count < fixed:
-            feed = {k: np.concatenate([v, np.repeat(v[-1:], fixed - count, axis=0)]) for k, v in feed.items()}
+    for feed in dataset.batches(_fixed_batch(session) or batch_size):
         try:
-            res = session.run(None, feed)
+            res = run_feed(session, feed)
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from None
         for acc, r in zip(outs, res):
-            acc.append(r[:count] if fixed else r)
+            acc.append(r)
     if not len(dataset):
         return [np.zeros((0,), np.float32) for _ in outs]
     return [np.concatenate(o) for o in outs]
