@@ -27,7 +27,7 @@ import numpy as np
 from emomc_onnx.analysis.ops import compute_op, out_in_matrix
 from emomc_onnx.search.space import CompressionPlan
 
-__all__ = ["SensitivityRow", "SensitivityReport", "measure_sensitivity", "DEFAULT_SETTINGS", "KINDS"]
+__all__ = ["DEFAULT_SETTINGS", "KINDS", "SensitivityReport", "SensitivityRow", "measure_sensitivity"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _proxies(evaluator, rows_of: dict, plans) -> list[float | None]:
     from emomc_onnx.passes.sparsity import magnitude_mask
 
     nodes = {n.name: n for n in evaluator.loaded.model.graph}
-    imp = evaluator._importance()
+    imp = evaluator.builder.importance()
     groups = {f"group {g.id}": g for g in evaluator.analysis.groups}
     out: list[float | None] = []
     for target, kind, value, plan in plans:
@@ -224,7 +224,7 @@ def measure_sensitivity(
     plans = _plans(evaluator, space, settings)
     base = evaluator.evaluate(CompressionPlan.empty(), "search")
     fp = evaluator.fingerprint()
-    rows_of = evaluator.rows if evaluator.rows is not None else lsq_rows(
+    rows_of = evaluator.builder.rows if evaluator.builder.rows is not None else lsq_rows(
         evaluator.loaded.model, evaluator.analysis.layers, evaluator.original, evaluator.calib_batches,
         max_rows=1024)
     proxies = _proxies(evaluator, rows_of, plans)
