@@ -32,10 +32,10 @@ import numpy as np
 import onnx
 
 from emomc_onnx.analysis import ops as _ops
-from emomc_onnx.evaluate.session import check_runtime_opset, make_session, pad_batch
 from emomc_onnx.errors import DataError
+from emomc_onnx.evaluate.session import check_runtime_opset, make_session, pad_batch
 
-__all__ = ["calibrate", "activation_tensors", "METHODS", "COMPUTE_OPS"]
+__all__ = ["COMPUTE_OPS", "METHODS", "activation_tensors", "calibrate"]
 
 logger = logging.getLogger(__name__)
 
