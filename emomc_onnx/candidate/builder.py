@@ -126,7 +126,7 @@ class CandidateBuilder:
         """A fresh pruned (recovered) and sparsified (re-fitted) copy of the model.
 
         Rewritten layers found in the per-layer cache are copied in, not computed again."""
-        model = io.clone(self.loaded.model)
+        model = self.loaded.model.clone(deep_copy=True)  # shares the (never mutated) weight tensors
         keep = self.keep_mask(plan)
         dens = {k: float(v) for k, v in plan.density.items() if v < 1.0}
         keys = self._layer_keys(keep, dens)
@@ -143,18 +143,25 @@ class CandidateBuilder:
         self._sync_layers(model, keys, hits)
         return model
 
-    def finish(self, model: io.ir.Model) -> onnx.ModelProto:
+    def finish(self, model: io.ir.Model | onnx.ModelProto) -> onnx.ModelProto:
         """The proto of a built model, with the original's input and output signature."""
-        return self.loaded.restore_signature(io.to_proto(model))
+        return self.loaded.restore_signature(model if isinstance(model, onnx.ModelProto) else io.to_proto(model))
 
     def float_model(self, plan) -> tuple[onnx.ModelProto, str]:
         """The float model of a plan's architecture and its key (cached per architecture)."""
-        arch_key = self.arch_key(plan)
-        proto = self._arch_cache.get(arch_key)
-        if proto is None:
-            proto = self.finish(self.float_ir(plan))  # runs with the original's batch
-            self._arch_cache.put(arch_key, proto, proto.ByteSize())
+        proto, _, arch_key = self._float(plan)
         return proto, arch_key
+
+    def _float(self, plan) -> tuple[onnx.ModelProto, io.ir.Model, str]:
+        """The float model of a plan's architecture as a proto and as the IR model it was
+        serialised from (quantization clones the IR: no proto is parsed again)."""
+        arch_key = self.arch_key(plan)
+        hit = self._arch_cache.get(arch_key)
+        if hit is None:
+            model = self.float_ir(plan)
+            hit = (self.finish(model), model)  # the proto runs with the original's batch
+            self._arch_cache.put(arch_key, hit, 2 * hit[0].ByteSize())
+        return hit[0], hit[1], arch_key
 
     def _layer_keys(self, keep: np.ndarray | None, dens: Mapping[str, float]) -> dict[str, tuple | None]:
         """Layers whose weights recovery or sparsity rewrites -> their cache key (None: not cacheable).
@@ -196,16 +203,12 @@ class CandidateBuilder:
     # ---- quantization ----------------------------------------------------------------
     def build(self, plan) -> onnx.ModelProto:
         """The deployable model for a plan (float if the plan has no bit widths)."""
-        proto, arch_key = self.float_model(plan)
+        proto, model, arch_key = self._float(plan)
         bits = {k: (plan.wbits.get(k), plan.abits.get(k)) for k in sorted(set(plan.wbits) | set(plan.abits))}
-        if any(w is not None or a is not None for w, a in bits.values()):
-            proto = self.quantize(proto, arch_key, bits)
-        return proto
-
-    def quantize(self, proto: onnx.ModelProto, arch_key: str, bits: Mapping[str, tuple]) -> onnx.ModelProto:
-        """QDQ copy of an architecture's float model: layer -> (weight bits, activation bits)."""
         layers = {name: LayerBits(w, a) for name, (w, a) in bits.items() if w is not None or a is not None}
-        return quantize_model(proto, QuantPlan(layers=layers), self.ranges(proto, arch_key))
+        if not layers:
+            return proto
+        return self.finish(quantize_model(model, QuantPlan(layers=layers), self.ranges(proto, arch_key)))
 
     def ranges(self, proto: onnx.ModelProto, arch_key: str) -> dict[str, tuple[float, float]]:
         """Activation ranges of every compute layer of an architecture (calibrated once)."""

@@ -24,7 +24,7 @@ from emomc_onnx.candidate.builder import CandidateBuilder
 from emomc_onnx.candidate.coster import CandidateCoster, stored_params
 from emomc_onnx.cost import load_profile
 from emomc_onnx.evaluate.reference import ReferenceData
-from emomc_onnx.evaluate.session import make_session
+from emomc_onnx.evaluate.session import SessionCache
 from emomc_onnx.search.evaluator import Evaluation
 from emomc_onnx.search.space import DEFAULT_POLICY, CompressionPlan
 
@@ -87,6 +87,7 @@ class OnnxEvaluator:
         # what callers read most (the splits and the metric)
         self.splits, self.search, self.test = self.data.splits, self.data.search, self.data.test
         self.calib_batches, self.metric = self.data.calib_batches, self.data.metric
+        self.sessions = SessionCache(threads=config.threads)
         self._baseline: Evaluation | None = None
 
     def fingerprint(self) -> str:
@@ -126,7 +127,7 @@ class OnnxEvaluator:
         data = self.data
         ds = data.dataset(subset)
         t1 = time.perf_counter()
-        sess = make_session(proto, threads=self.config.threads)
+        sess = self.sessions.get(proto)
         t2 = time.perf_counter()
         raced_out = False
         mc = None
