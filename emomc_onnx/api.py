@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -13,8 +14,29 @@ import onnx
 from emomc_onnx import io
 from emomc_onnx.analysis import Analysis
 from emomc_onnx.analysis import analyze as _analyze
-from emomc_onnx.errors import EmomcError
-from emomc_onnx.paths import check_output_dir, check_output_file
+from emomc_onnx.cost import load_profile, model_cost
+from emomc_onnx.cost.from_onnx import cost_layers, cost_other_ops
+from emomc_onnx.demo import demo_data_path, demo_model_path
+from emomc_onnx.errors import DiskFullError, EmomcError
+from emomc_onnx.evaluate.data import input_specs, load_data
+from emomc_onnx.passes.channel_pruning import uniform_plan
+from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
+from emomc_onnx.passes.sparsity import weight_density
+from emomc_onnx.paths import (
+    check_output_dir,
+    check_output_file,
+    discard_new_outdir,
+    locked,
+    prepare_outdir,
+)
+from emomc_onnx.search.backends import parse_cluster
+from emomc_onnx.search.space import CompressionPlan, make_space
+from emomc_onnx.search.store import ResultStore
+
+# Imported where used, so a command that does not need them starts without them: candidates
+# and calibration (ONNX Runtime: not for analyze, profile, select), the search driver and the
+# front's export and reader (pymoo, matplotlib), the sensitivity report (matplotlib, scipy)
+# and fine-tuning (torch).
 
 __all__ = [
     "analyze",
@@ -35,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 def demo_paths() -> tuple[pathlib.Path, pathlib.Path]:
     """The embedded demo model and its data (.npz)."""
-    from emomc_onnx.demo import demo_data_path, demo_model_path
-
     return demo_model_path(), demo_data_path()
 
 
@@ -64,8 +84,6 @@ def calibration_batches(
     batch_size: int = 64,
 ) -> list[dict[str, np.ndarray]]:
     """Feed dicts of ``samples`` calibration samples from an .npz, checked against the model."""
-    from emomc_onnx.evaluate.data import input_specs, load_data
-
     ds = load_data(data)
     ds.check(input_specs(proto))
     calib, _ = ds.split(calib=min(samples, len(ds)), eval=0, seed=seed)
@@ -87,10 +105,7 @@ def prune(
     input_shapes=None,
 ) -> dict:
     """Prune a model with one uniform plan; write it; return a before/after summary."""
-    from emomc_onnx.candidate.builder import CandidateBuilder
-    from emomc_onnx.passes.channel_pruning import uniform_plan
-    from emomc_onnx.passes.sparsity import weight_density
-    from emomc_onnx.search.space import CompressionPlan
+    from emomc_onnx.candidate import CandidateBuilder
 
     check_output_file(output)
     if multiple < 1:
@@ -148,9 +163,6 @@ def profile(
 ):
     """Energy and coded size of a float or QDQ model (its non-compute ops listed and costed)
     over a batch (default: the profile's); every dataflow with ``compare``."""
-    from emomc_onnx.cost import load_profile, model_cost
-    from emomc_onnx.cost.from_onnx import cost_layers, cost_other_ops
-
     prof = load_profile(profile_name)
     loaded = load(model, input_shapes)  # the same import as every command (QDQ nodes kept)
     proto = io.to_proto(loaded.model)
@@ -204,10 +216,7 @@ def compress(
     """
     from emomc_onnx.candidate import EvaluatorConfig
     from emomc_onnx.export.front import check_front_owner, export_front
-    from emomc_onnx.paths import locked, prepare_outdir
     from emomc_onnx.search.driver import SearchConfig, run_search
-    from emomc_onnx.search.space import make_space
-    from emomc_onnx.search.store import ResultStore
 
     check_output_dir(outdir)
     _check_run_args(seed=seed, eval_samples=eval_samples, calib_samples=calib_samples,
@@ -223,8 +232,6 @@ def compress(
         recovery=recovery, threads=ort_threads,
     )
     if cluster:
-        from emomc_onnx.search.backends import parse_cluster
-
         parse_cluster(cluster)  # a malformed address fails before any work
     evaluator = config()
     evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
@@ -242,9 +249,6 @@ def compress(
             entries = export_front(result, evaluator, out, extra_points=extra_points,
                                    splits=evaluator.splits.summary())
     except EmomcError as exc:
-        from emomc_onnx.errors import DiskFullError
-        from emomc_onnx.paths import discard_new_outdir
-
         if created and not isinstance(exc, DiskFullError) and not (out / "front.json").exists():
             with ResultStore.in_dir(out) as store:
                 empty = store.total() == 0
@@ -273,9 +277,6 @@ def sensitivity(
     result store. Returns the report."""
     from emomc_onnx.candidate import EvaluatorConfig
     from emomc_onnx.export.sensitivity import write_sensitivity
-    from emomc_onnx.paths import locked, prepare_outdir
-    from emomc_onnx.search.space import make_space
-    from emomc_onnx.search.store import ResultStore
     from emomc_onnx.sensitivity import measure_sensitivity
 
     check_output_dir(outdir)
@@ -297,8 +298,6 @@ def sensitivity(
 
 def _check_run_args(*, seed: int, eval_samples: int | None, calib_samples: int | None, max_accuracy_drop) -> None:
     """Refuse compress settings no run can use (the CLI's option types check them too)."""
-    import math
-
     if not 0 <= seed < 2**32:
         raise EmomcError(f"--seed {seed}: must be in 0..{2**32 - 1}")
     if eval_samples is not None and eval_samples < 1:
@@ -331,7 +330,6 @@ def quantize(
 ) -> dict:
     """Quantize every compute layer to ``wbits``/``abits`` (QDQ); write it; return a summary."""
     from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
-    from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
 
     check_output_file(output)
     if data is None:

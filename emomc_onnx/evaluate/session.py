@@ -11,6 +11,7 @@ import re
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from emomc_onnx.errors import DataError, ModelError
 
@@ -108,8 +109,6 @@ def check_runtime_opset(model: onnx.ModelProto, where: str = "the model") -> Non
 
 @functools.lru_cache(maxsize=16)
 def _opset_refused(opsets: tuple[tuple[str, int], ...], ir_version: int) -> str | None:
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "opset_probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
