@@ -89,7 +89,8 @@ def main(
 
 
 def _cli() -> None:
-    import _common  # noqa: F401 - puts the repository root on sys.path (the toy lives in tests/)
+    import _common
+
     from tests.search.toy import ToyEvaluatorFactory, toy_space
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,9 +110,10 @@ def _cli() -> None:
         import _common
 
         f = _common.demo_evaluator_factory(a.profile, a.eval_samples, a.calib_samples)
-        from emomc_onnx.candidate import make_space
+        from emomc_onnx.search.space import make_space
 
-        main(f, make_space(f()), population=a.population, generations=a.generations, seed=a.seed,
+        ev = f()
+        main(f, make_space(ev.analysis, ev.profile), population=a.population, generations=a.generations, seed=a.seed,
              out=a.out or str(_common.RESULTS / f"search_overhead_demo_{a.profile}_e{a.eval_samples}.json"))
         return
     f = ToyEvaluatorFactory(delay_s=a.delay)

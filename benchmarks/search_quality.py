@@ -149,7 +149,8 @@ def main(
 
 
 def _cli() -> None:
-    import _common  # noqa: F401 - puts the repository root on sys.path (the toy lives in tests/)
+    import _common
+
     from tests.search.toy import ToyEvaluatorFactory, toy_space
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -170,13 +171,13 @@ def _cli() -> None:
         import _common
 
         from emomc_onnx.api import demo_paths
-        from emomc_onnx.candidate import make_space
+        from emomc_onnx.search.space import make_space
 
         f = _common.demo_evaluator_factory(a.profile)
         ev = f()
         extra = {name: ev.evaluate_model(proto, "search")
                  for name, proto in _common.ort_points(demo_paths()[0], ev.calib_batches).items()}
-        main(f, make_space(ev, stage1_quantized=a.stage1_quantized), evaluations=a.evaluations, population=a.population, seed=a.seed,
+        main(f, make_space(ev.analysis, ev.profile, stage1_quantized=a.stage1_quantized), evaluations=a.evaluations, population=a.population, seed=a.seed,
              extra_points=extra, workers=a.workers, max_accuracy_drop=a.max_accuracy_drop,
              out=a.out or str(_common.RESULTS / (f"search_quality_demo_{a.profile}"
                                                  + (f"_drop{a.max_accuracy_drop:g}" if a.max_accuracy_drop else "")

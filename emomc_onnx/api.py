@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -11,20 +12,51 @@ import numpy as np
 import onnx
 
 from emomc_onnx import io
-from emomc_onnx.analysis import Analysis, analyze as _analyze
-from emomc_onnx.errors import EmomcError
-from emomc_onnx.paths import check_output_dir, check_output_file
+from emomc_onnx.analysis import Analysis
+from emomc_onnx.analysis import analyze as _analyze
+from emomc_onnx.cost import load_profile, model_cost
+from emomc_onnx.cost.from_onnx import cost_layers, cost_other_ops
+from emomc_onnx.demo import demo_data_path, demo_model_path
+from emomc_onnx.errors import DiskFullError, EmomcError
+from emomc_onnx.evaluate.data import input_specs, load_data
+from emomc_onnx.passes.channel_pruning import uniform_plan
+from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
+from emomc_onnx.passes.sparsity import weight_density
+from emomc_onnx.paths import (
+    check_output_dir,
+    check_output_file,
+    discard_new_outdir,
+    locked,
+    prepare_outdir,
+)
+from emomc_onnx.search.backends import parse_cluster
+from emomc_onnx.search.space import CompressionPlan, make_space
+from emomc_onnx.search.store import ResultStore
 
-__all__ = ["analyze", "prune", "quantize", "profile", "compress", "sensitivity", "select", "demo_paths", "load",
-           "calibration_batches", "finetune"]
+# Imported where used, so a command that does not need them starts without them: candidates
+# and calibration (ONNX Runtime: not for analyze, profile, select), the search driver and the
+# front's export and reader (pymoo, matplotlib), the sensitivity report (matplotlib, scipy)
+# and fine-tuning (torch).
+
+__all__ = [
+    "analyze",
+    "calibration_batches",
+    "compress",
+    "demo_paths",
+    "finetune",
+    "load",
+    "profile",
+    "prune",
+    "quantize",
+    "select",
+    "sensitivity",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def demo_paths() -> tuple[pathlib.Path, pathlib.Path]:
     """The embedded demo model and its data (.npz)."""
-    from emomc_onnx.demo import demo_data_path, demo_model_path
-
     return demo_model_path(), demo_data_path()
 
 
@@ -52,8 +84,6 @@ def calibration_batches(
     batch_size: int = 64,
 ) -> list[dict[str, np.ndarray]]:
     """Feed dicts of ``samples`` calibration samples from an .npz, checked against the model."""
-    from emomc_onnx.evaluate.data import input_specs, load_data
-
     ds = load_data(data)
     ds.check(input_specs(proto))
     calib, _ = ds.split(calib=min(samples, len(ds)), eval=0, seed=seed)
@@ -75,51 +105,38 @@ def prune(
     input_shapes=None,
 ) -> dict:
     """Prune a model with one uniform plan; write it; return a before/after summary."""
-    from emomc_onnx.passes.channel_pruning import uniform_plan
-    from emomc_onnx.passes.recovery import activation_means, prune_with_recovery
+    from emomc_onnx.candidate import CandidateBuilder
 
     check_output_file(output)
     if multiple < 1:
         raise EmomcError(f"--multiple {multiple}: must be >= 1")
     if calib_samples < 1:
         raise EmomcError(f"--calib-samples {calib_samples}: must be >= 1")
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+        raise EmomcError(f"--sparsity {sparsity}: must be in [0, 1)")
     loaded = load(model, input_shapes)
     analysis = _analyze(loaded.model)
-    original = loaded.proto()
     batches = None
     if recovery != "none" or criterion == "activation":
         if data is None:
             raise EmomcError(f"--recovery {recovery} / --criterion {criterion} need --data FILE.npz")
-        batches = calibration_batches(data, original, calib_samples)
-    plan = uniform_plan(analysis, ratio, multiple=multiple, criterion=criterion)
-    if criterion == "activation":
-        acts = activation_means(original, batches, analysis.layers, absolute=True)
-        plan = type(plan)(keep=plan.keep, criterion=criterion, activations=acts)
-    pruned = io.clone(loaded.model)
-    rows = None
-    if recovery == "lsq":  # one pass over the calibration data serves pruning and sparsity
-        from emomc_onnx.passes.recovery import lsq_rows
-
-        rows = lsq_rows(loaded.model, analysis.layers, original, batches, max_rows=4096)
-    keep = prune_with_recovery(pruned, analysis, plan, recovery=recovery, original=original, batches=batches,
-                               rows=rows)
+        batches = calibration_batches(data, loaded.proto(), calib_samples)
+    keep = uniform_plan(analysis, ratio, multiple=multiple, criterion=criterion).keep
+    density = {lay.name: 1.0 - sparsity for lay in analysis.layers} if sparsity is not None else {}
+    # one pass over the calibration data serves pruning and sparsity (lsq re-fits both)
+    builder = CandidateBuilder(loaded, analysis, batches, recovery=recovery, criterion=criterion, pattern=pattern,
+                               max_rows=4096, cache_bytes=0)
+    pruned = builder.float_ir(CompressionPlan(keep=keep, density=density, wbits={}, abits={}))
     io.refresh_shapes(pruned)  # shapes behind computed Reshapes too, for the analysis below
     after = _analyze(pruned)
     before_d = {"MACs": analysis.macs, "params": analysis.params}
     after_d = {"MACs": after.macs, "params": after.params}
     if sparsity is not None:
-        from emomc_onnx.passes.recovery import sparsify_with_refit
-        from emomc_onnx.passes.sparsity import SparsityPlan, weight_density
-
-        if not 0.0 <= sparsity < 1.0:
-            raise EmomcError(f"--sparsity {sparsity}: must be in [0, 1)")
-        splan = SparsityPlan(density={lay.name: 1.0 - sparsity for lay in after.layers}, pattern=pattern)
-        sparsify_with_refit(pruned, analysis, keep, rows, splan)  # rows only with lsq: re-fit too
         dens = weight_density(pruned)
         total = sum(lay.params for lay in after.layers)
         before_d["density"] = 1.0
         after_d["density"] = sum(dens.get(lay.name, 1.0) * lay.params for lay in after.layers) / max(total, 1)
-    proto = loaded.restore_signature(io.to_proto(pruned))  # the original's inputs and outputs
+    proto = builder.finish(pruned)  # the original's inputs and outputs
     onnx.checker.check_model(proto)
     io.save_model(proto, output)
     before_d["file bytes"], after_d["file bytes"] = _file_bytes(model), _file_bytes(output)
@@ -146,10 +163,6 @@ def profile(
 ):
     """Energy and coded size of a float or QDQ model (its non-compute ops listed and costed)
     over a batch (default: the profile's); every dataflow with ``compare``."""
-    from emomc_onnx.cost import load_profile
-    from emomc_onnx.cost.from_onnx import cost_layers, cost_other_ops
-    from emomc_onnx.cost import model_cost
-
     prof = load_profile(profile_name)
     loaded = load(model, input_shapes)  # the same import as every command (QDQ nodes kept)
     proto = io.to_proto(loaded.model)
@@ -201,11 +214,9 @@ def compress(
     OUTDIR is locked for the run; a front of another run (other fingerprint) in it is only
     replaced with ``overwrite``.
     """
-    from emomc_onnx.candidate import EvaluatorConfig, make_space
+    from emomc_onnx.candidate import EvaluatorConfig
     from emomc_onnx.export.front import check_front_owner, export_front
-    from emomc_onnx.paths import locked, prepare_outdir
     from emomc_onnx.search.driver import SearchConfig, run_search
-    from emomc_onnx.search.store import ResultStore
 
     check_output_dir(outdir)
     _check_run_args(seed=seed, eval_samples=eval_samples, calib_samples=calib_samples,
@@ -221,12 +232,10 @@ def compress(
         recovery=recovery, threads=ort_threads,
     )
     if cluster:
-        from emomc_onnx.search.backends import parse_cluster
-
         parse_cluster(cluster)  # a malformed address fails before any work
     evaluator = config()
     evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
-    search_space = make_space(evaluator, kind=space)
+    search_space = make_space(evaluator.analysis, evaluator.profile, kind=space)
     out, created = prepare_outdir(outdir)
     sconfig = SearchConfig(objectives=tuple(objectives), population=population, generations=generations,
                            max_evaluations=max_evaluations, time_budget_s=time_budget_s,
@@ -240,9 +249,6 @@ def compress(
             entries = export_front(result, evaluator, out, extra_points=extra_points,
                                    splits=evaluator.splits.summary())
     except EmomcError as exc:
-        from emomc_onnx.errors import DiskFullError
-        from emomc_onnx.paths import discard_new_outdir
-
         if created and not isinstance(exc, DiskFullError) and not (out / "front.json").exists():
             with ResultStore.in_dir(out) as store:
                 empty = store.total() == 0
@@ -269,10 +275,8 @@ def sensitivity(
     """Per-layer and per-group sensitivity (see :mod:`emomc_onnx.sensitivity`); writes
     sensitivity.json and sensitivity.png into ``outdir`` and keeps every measurement in its
     result store. Returns the report."""
-    from emomc_onnx.candidate import EvaluatorConfig, make_space
+    from emomc_onnx.candidate import EvaluatorConfig
     from emomc_onnx.export.sensitivity import write_sensitivity
-    from emomc_onnx.paths import locked, prepare_outdir
-    from emomc_onnx.search.store import ResultStore
     from emomc_onnx.sensitivity import measure_sensitivity
 
     check_output_dir(outdir)
@@ -286,7 +290,7 @@ def sensitivity(
     evaluator.baseline()  # a broken metric or data fails here, before OUTDIR is touched
     out, _ = prepare_outdir(outdir)
     with locked(out), ResultStore.in_dir(out) as store:
-        report = measure_sensitivity(evaluator, make_space(evaluator), settings=settings, store=store,
+        report = measure_sensitivity(evaluator, make_space(evaluator.analysis, evaluator.profile), settings=settings, store=store,
                                      progress=progress)
         write_sensitivity(report, out)
     return report
@@ -294,8 +298,6 @@ def sensitivity(
 
 def _check_run_args(*, seed: int, eval_samples: int | None, calib_samples: int | None, max_accuracy_drop) -> None:
     """Refuse compress settings no run can use (the CLI's option types check them too)."""
-    import math
-
     if not 0 <= seed < 2**32:
         raise EmomcError(f"--seed {seed}: must be in 0..{2**32 - 1}")
     if eval_samples is not None and eval_samples < 1:
@@ -328,7 +330,6 @@ def quantize(
 ) -> dict:
     """Quantize every compute layer to ``wbits``/``abits`` (QDQ); write it; return a summary."""
     from emomc_onnx.evaluate.calibration import activation_tensors, calibrate
-    from emomc_onnx.passes.quantize import LayerBits, QuantPlan, quantize_model
 
     check_output_file(output)
     if data is None:

@@ -16,8 +16,17 @@ from collections.abc import Callable
 
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
 
-from emomc_onnx.errors import EmomcError
+from emomc_onnx.demo import demo_data_path, demo_model_path
+from emomc_onnx.errors import DiskFullError, EmomcError
+from emomc_onnx.paths import atomic_write_bytes, check_output_file
+from emomc_onnx.progress import SearchProgress
+from emomc_onnx.units import check_input_shape, parse_size_bits
+
+# Each command imports the api and renderers it runs (ONNX, ONNX Runtime, pymoo, torch ...)
+# where it runs, so `emomc-onnx --help` and a command's parse errors answer at once.
 
 __all__ = ["main"]
 
@@ -29,8 +38,6 @@ RESUME_HINT = "run the same command again to resume (--resume is the default; no
 
 def _error(message: str, code: int = 2) -> None:
     """Print one ``error:`` line (newlines folded) and exit."""
-    from rich.markup import escape
-
     text = " ".join(str(message).split())
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     sys.exit(code)
@@ -65,7 +72,7 @@ def _verbosity() -> int:
 class _Group(click.Group):
     """A click group whose usage errors are one ``error:`` line (exit 2), like ours."""
 
-    def main(self, *args, **kwargs):  # noqa: D102 - click's entry point
+    def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
         try:
             rv = super().main(*args, **kwargs)
@@ -119,8 +126,6 @@ class _Size(click.ParamType):
     name = "size"
 
     def convert(self, value, param, ctx):
-        from emomc_onnx.units import parse_size_bits
-
         if isinstance(value, float):
             return value
         try:
@@ -130,8 +135,6 @@ class _Size(click.ParamType):
 
 
 def _input_shapes_cb(ctx, param, value: tuple[str, ...]) -> tuple[str, ...]:
-    from emomc_onnx.units import check_input_shape
-
     for spec in value:
         try:
             check_input_shape(spec)
@@ -142,9 +145,7 @@ def _input_shapes_cb(ctx, param, value: tuple[str, ...]) -> tuple[str, ...]:
 
 def _model_arg(model: str | None, demo: bool) -> str:
     if demo:
-        from emomc_onnx.api import demo_paths
-
-        return str(demo_paths()[0])
+        return str(demo_model_path())
     if not model:
         raise EmomcError("give a MODEL path, or --demo for the embedded demo model")
     return model
@@ -152,9 +153,7 @@ def _model_arg(model: str | None, demo: bool) -> str:
 
 def _data_arg(data: str | None, demo: bool) -> str | None:
     if data is None and demo:
-        from emomc_onnx.api import demo_paths
-
-        return str(demo_paths()[1])
+        return str(demo_data_path())
     return data
 
 
@@ -243,7 +242,7 @@ class _BitsChoice(click.Choice):
         self.case_sensitive = True
 
     @property
-    def choices(self):  # noqa: D102
+    def choices(self):
         from emomc_onnx.passes import quantize
 
         return [str(v) for v in getattr(quantize, self._name)]
@@ -368,9 +367,7 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
              input_shapes) -> None:
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
-    from emomc_onnx.errors import DiskFullError
     from emomc_onnx.export.summary import render_summary
-    from emomc_onnx.progress import SearchProgress
 
     objs = tuple(o.strip() for o in objectives.split(",") if o.strip())
     existed = os.path.isdir(outdir) if outdir.strip() else True
@@ -445,8 +442,6 @@ def _settings(spec: str | None, kind: str, cast):
 def sensitivity(model, demo, profile_name, data, outdir, eval_samples, calib_samples, metric, wbits, abits,
                 densities, keep, seed, input_shapes) -> None:
     """Per-layer sensitivity: the metric drop of each single change (bits, density, pruning)."""
-    from rich.progress import Progress
-
     from emomc_onnx import api
     from emomc_onnx.export.sensitivity import render_sensitivity
 
@@ -482,7 +477,6 @@ def select(outdir, max_energy, max_size, min_accuracy, prefer, output) -> None:
     """Pick the best front member of OUTDIR that fits a device; exit code 1 if none fits."""
     from emomc_onnx import api
     from emomc_onnx.export.select import load_front, member_path, min_accuracy_fraction
-    from emomc_onnx.paths import atomic_write_bytes, check_output_file
 
     if output is not None:
         check_output_file(output)

@@ -23,24 +23,29 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 import google.protobuf.message
+import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from onnx import version_converter
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from emomc_onnx.errors import ModelError
+from emomc_onnx.paths import atomic_write_bytes, output_error
 
 __all__ = [
     "MIN_OPSET",
     "LoadedModel",
+    "from_proto",
+    "infer_shapes",
     "load_model",
+    "model_sha256",
     "normalize",
     "parse_input_shapes",
+    "random_inputs",
+    "refresh_shapes",
     "save_model",
     "to_proto",
-    "from_proto",
-    "model_sha256",
-    "infer_shapes",
-    "refresh_shapes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,8 +140,6 @@ def _read_proto(path: pathlib.Path) -> tuple[onnx.ModelProto, str]:
 
 
 def _load_external(proto: onnx.ModelProto, path: pathlib.Path) -> None:
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
     base = path.parent
     for tensor in _get_all_tensors(proto):
         if uses_external_data(tensor):
@@ -183,41 +186,59 @@ def _dynamic_dims(proto: onnx.ModelProto) -> int:
     return changed
 
 
-def _probe_feeds(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> dict | None:
-    """Random inputs for an equality check (None when a dimension is unknown)."""
-    import numpy as np
+def random_inputs(proto: onnx.ModelProto, n: int | None, seed: int = 0,
+                  shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs of a model's shapes: float standard normal, integer uniform in [0, 8),
+    bool fair coins, drawn input by input from one generator.
 
-    rng = np.random.default_rng(0)
+    Axis 0 becomes ``n`` (None: the model's own, 1 where dynamic); the other dimensions come
+    from ``shapes`` (name -> full shape) or the model.
+
+    Raises:
+        ValueError: an input without a numpy type, a scalar, or a dynamic dimension left.
+    """
+    rng = np.random.default_rng(seed)
     inits = {t.name for t in proto.graph.initializer}
     feeds = {}
     for inp in proto.graph.input:
         if inp.name in inits:
             continue
         tt = inp.type.tensor_type
-        if inp.name in shapes:
-            dims = list(shapes[inp.name])
-        else:
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-            if dims and dims[0] is None:
-                dims[0] = 1
-            if any(d is None for d in dims):
-                return None
+        model_dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        dims = list(shapes[inp.name]) if shapes and inp.name in shapes else list(model_dims)
+        if not dims:
+            raise ValueError(f"input {inp.name!r} is a scalar; synthetic data needs a batch axis")
+        if n is not None:
+            dims[0] = n
+        elif not isinstance(dims[0], int) or dims[0] <= 0:
+            dims[0] = 1
+        if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+            raise ValueError(f"input {inp.name!r} has dynamic dims {model_dims}: give --input-shape or --data")
         try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
         except (KeyError, TypeError, ValueError):
-            return None
+            raise ValueError(f"input {inp.name!r} has element type {tt.elem_type}, which has no numpy "
+                             "equivalent") from None
         if np.issubdtype(dtype, np.floating):
             feeds[inp.name] = rng.standard_normal(dims).astype(dtype)
         elif dtype == np.bool_:
             feeds[inp.name] = rng.random(dims) < 0.5
-        else:
-            feeds[inp.name] = rng.integers(0, 4, size=dims).astype(dtype)
+        else:  # integer inputs (ids, indices): small non-negative values
+            feeds[inp.name] = rng.integers(0, 8, size=dims).astype(dtype)
     return feeds
+
+
+def _probe_feeds(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> dict | None:
+    """Random inputs for an equality check (None when a dimension is unknown)."""
+    try:
+        return random_inputs(proto, None, 0, shapes)
+    except ValueError:
+        return None
 
 
 def _outputs_equal(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict) -> str | None:
     """None if ORT gives both models the same outputs on ``feeds`` (else what differs)."""
-    import numpy as np
+    # ONNX Runtime loads only to check an opset upgrade: analyze and profile do not run models
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -251,8 +272,6 @@ def _convert_opset(proto: onnx.ModelProto, where: str,
     opset = _default_opset(proto)
     if opset >= MIN_OPSET:
         return proto
-    from onnx import version_converter
-
     try:
         converted = version_converter.convert_version(proto, MIN_OPSET)
         onnx.checker.check_model(converted)
@@ -380,7 +399,7 @@ def load_proto(
         normalize(model)
     except ModelError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a library or our own bug: say so, keep the traceback at -vv
+    except Exception as exc:
         logger.debug("normalisation of %s failed", where, exc_info=True)
         raise ModelError(f"{where}: normalisation failed ({type(exc).__name__}: {_first_line(exc)}); "
                          "this is a bug of emomc-onnx or a library, -vv shows the traceback") from None
@@ -422,7 +441,8 @@ def _fold_to_fixpoint(model: ir.Model, rounds: int = 6) -> None:
 
 def _fold_constants(model: ir.Model) -> bool:
     """Fold constants (onnxscript keeps Quantize/DequantizeLinear); True if anything changed."""
-    import onnxscript.optimizer as optimizer
+    # onnxscript (slow to import) loads on the first model normalised, not for select or --help
+    from onnxscript import optimizer
 
     result = optimizer.fold_constants_ir(model, onnx_shape_inference=False, input_size_limit=1 << 20,
                                          output_size_limit=1 << 24)
@@ -431,6 +451,7 @@ def _fold_constants(model: ir.Model) -> bool:
 
 
 def _fold_batchnorm(model: ir.Model) -> None:
+    # onnxscript: see _fold_constants
     from onnxscript import rewriter
     from onnxscript.rewriter.rules.common import (
         fuse_batchnorm_into_conv_rule,
@@ -477,7 +498,7 @@ def infer_shapes(model: ir.Model) -> None:
     """Run ONNX shape inference (with data propagation) and store the shapes on values."""
     try:
         common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
-    except Exception as exc:  # noqa: BLE001 - advisory: the analysis names every shape it misses
+    except Exception as exc:
         logger.warning("shape inference failed (%s: %s); layers without shapes are reported by the analysis",
                        type(exc).__name__, _first_line(exc))
         logger.debug("shape inference traceback", exc_info=True)
@@ -500,8 +521,6 @@ def clone(model: ir.Model) -> ir.Model:
 
 def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a model atomically (temporary file + rename); external data beyond 2 GB."""
-    from emomc_onnx.paths import atomic_write_bytes, output_error
-
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)

@@ -23,11 +23,16 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy.stats import kendalltau
 
 from emomc_onnx.analysis.ops import compute_op, out_in_matrix
+from emomc_onnx.passes.channel_pruning import round_keep
+from emomc_onnx.passes.quantize import quantize_weight
+from emomc_onnx.passes.recovery import lsq_rows
+from emomc_onnx.passes.sparsity import magnitude_mask
 from emomc_onnx.search.space import CompressionPlan
 
-__all__ = ["SensitivityRow", "SensitivityReport", "measure_sensitivity", "DEFAULT_SETTINGS", "KINDS"]
+__all__ = ["DEFAULT_SETTINGS", "KINDS", "SensitivityReport", "SensitivityRow", "measure_sensitivity"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +120,6 @@ def _fmt(v: float) -> str:
 
 
 def _plans(evaluator, space, settings: dict[str, Sequence[float]]) -> list[tuple[str, str, float, CompressionPlan]]:
-    from emomc_onnx.passes.channel_pruning import round_keep
-
     out = []
     for lay in space.layers:
         for b in settings.get("wbits", ()):
@@ -146,11 +149,8 @@ def _rel_err(x: np.ndarray, w: np.ndarray, w2: np.ndarray | None = None, x2: np.
 
 def _proxies(evaluator, rows_of: dict, plans) -> list[float | None]:
     """The proxy of each plan (None where the layer has no calibration rows)."""
-    from emomc_onnx.passes.quantize import quantize_weight
-    from emomc_onnx.passes.sparsity import magnitude_mask
-
     nodes = {n.name: n for n in evaluator.loaded.model.graph}
-    imp = evaluator._importance()
+    imp = evaluator.builder.importance()
     groups = {f"group {g.id}": g for g in evaluator.analysis.groups}
     out: list[float | None] = []
     for target, kind, value, plan in plans:
@@ -187,8 +187,6 @@ def _proxies(evaluator, rows_of: dict, plans) -> list[float | None]:
 
 
 def _kendall(rows: list[SensitivityRow]) -> dict[str, float | None]:
-    from scipy.stats import kendalltau
-
     tau: dict[str, float | None] = {}
     for kind in KINDS:
         pairs = [(r.proxy, r.drop) for r in rows if r.kind == kind and r.proxy is not None and r.drop is not None]
@@ -217,14 +215,12 @@ def measure_sensitivity(
         store: a ``ResultStore``: measurements already there are reused, new ones added.
         progress: called with (done, total, label) after each plan.
     """
-    from emomc_onnx.passes.recovery import lsq_rows
-
     t0 = time.monotonic()
     settings = {k: tuple(v) for k, v in {**DEFAULT_SETTINGS, **(settings or {})}.items()}
     plans = _plans(evaluator, space, settings)
     base = evaluator.evaluate(CompressionPlan.empty(), "search")
     fp = evaluator.fingerprint()
-    rows_of = evaluator.rows if evaluator.rows is not None else lsq_rows(
+    rows_of = evaluator.builder.rows if evaluator.builder.rows is not None else lsq_rows(
         evaluator.loaded.model, evaluator.analysis.layers, evaluator.original, evaluator.calib_batches,
         max_rows=1024)
     proxies = _proxies(evaluator, rows_of, plans)

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from emomc_onnx.api import demo_paths
 from emomc_onnx.cli import main
 
-
 ARGS = ["--generations", "1", "--population", "6", "--workers", "1", "--eval-samples", "300",
         "--calib-samples", "64", "--test-samples", "600"]
 
@@ -146,13 +145,14 @@ def test_any_genome_builds_a_valid_smaller_model(evaluator) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from emomc_onnx.candidate import _params, make_space
+    from emomc_onnx.candidate.coster import stored_params
     from emomc_onnx.search.genome import GenomeCodec
+    from emomc_onnx.search.space import make_space
 
-    space = make_space(evaluator)
+    space = make_space(evaluator.analysis, evaluator.profile)
     codec = GenomeCodec(space)
     xl, xu = codec.bounds(2)
-    base_params = _params(evaluator.original)
+    base_params = stored_params(evaluator.original)
     x = evaluator.test.arrays["input"][:4]
 
     @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
@@ -164,7 +164,7 @@ def test_any_genome_builds_a_valid_smaller_model(evaluator) -> None:
         onnx.checker.check_model(proto, full_check=True)
         out = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0]
         assert out.shape == (4, 10)
-        assert _params(proto) <= base_params
+        assert stored_params(proto) <= base_params
         ev = evaluator.evaluate(plan, "search")
         assert ev.energy == pytest.approx(evaluator.cost(proto, plan).energy)
 
@@ -180,13 +180,13 @@ def test_plans_on_one_architecture_share_calibration(evaluator) -> None:
     names = [layer.name for layer in evaluator.analysis.layers]
     first = CompressionPlan(keep={}, density={}, wbits={names[0]: 8}, abits={names[0]: 8})
     last = CompressionPlan(keep={}, density={}, wbits={names[-1]: 6}, abits={names[-1]: 8})
-    evaluator._ranges_cache.clear()
+    evaluator.builder._ranges_cache.clear()
     x = evaluator.test.arrays["input"][:4]
     for plan in (first, last):
         proto = evaluator.build(plan)
         out = ort.InferenceSession(proto.SerializeToString()).run(None, {"input": x})[0]
         assert out.shape == (4, 10)
-    assert len(evaluator._ranges_cache) == 1
+    assert len(evaluator.builder._ranges_cache) == 1
 
 
 def test_external_model_measured_like_a_candidate(evaluator) -> None:
@@ -236,10 +236,10 @@ def test_cached_layers_build_the_same_model(evaluator) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from emomc_onnx.candidate import make_space
     from emomc_onnx.search.genome import GenomeCodec
+    from emomc_onnx.search.space import make_space
 
-    codec = GenomeCodec(make_space(evaluator))
+    codec = GenomeCodec(make_space(evaluator.analysis, evaluator.profile))
     xl, xu = codec.bounds(1)
     n = len(xu)
     x = evaluator.test.arrays["input"][:16]
@@ -253,23 +253,23 @@ def test_cached_layers_build_the_same_model(evaluator) -> None:
         a, b, pick = (np.array([lo + r % (hi - lo + 1) for r, lo, hi in zip(raw[i * n:(i + 1) * n], xl, xu)])
                       for i in range(3))
         child = codec.decode(np.where(pick % 2 == 0, a, b), 1)
-        for cache in (evaluator._arch_cache, evaluator._layer_cache):
+        for cache in (evaluator.builder._arch_cache, evaluator.builder._layer_cache):
             cache.clear()
         fresh = evaluator.build(child)
-        for cache in (evaluator._arch_cache, evaluator._layer_cache):
+        for cache in (evaluator.builder._arch_cache, evaluator.builder._layer_cache):
             cache.clear()
         evaluator.build(codec.decode(a, 1))
         evaluator.build(codec.decode(b, 1))
-        hits = evaluator._layer_cache.hits
+        hits = evaluator.builder._layer_cache.hits
         cached = evaluator.build(child)
 
         def keys(plan):
             dens = {k: v for k, v in plan.density.items() if v < 1.0}
-            return {k for k in evaluator._layer_keys(evaluator._keep_mask(plan), dens).values() if k is not None}
+            return {k for k in evaluator.builder._layer_keys(evaluator.builder.keep_mask(plan), dens).values() if k is not None}
 
         shared = keys(child) & (keys(codec.decode(a, 1)) | keys(codec.decode(b, 1)))
         parent = child in (codec.decode(a, 1), codec.decode(b, 1))  # then the whole model is cached
-        assert evaluator._layer_cache.hits - hits == (0 if parent else len(shared))
+        assert evaluator.builder._layer_cache.hits - hits == (0 if parent else len(shared))
         fi, ci = inits(fresh), inits(cached)
         assert fi.keys() == ci.keys()
         for k in fi:

@@ -272,7 +272,7 @@ def test_compress_warns_when_every_quantized_candidate_fails(tmp_path, monkeypat
     def fail(*a, **k):
         raise qmod.UnsupportedOpError("simulated: no QDQ for this model")
 
-    monkeypatch.setattr(qmod, "quantize_model", fail)
+    monkeypatch.setattr("emomc_onnx.candidate.builder.quantize_model", fail)  # where candidates quantize
     src = _save(tmp_path, paddle_like(opset=13, width=W, constant_weight=False))
     data, _ = _data(tmp_path, n=120)
     result = CliRunner().invoke(main, ["compress", str(src), "--data", str(data), "-o", str(tmp_path / "o"),

@@ -54,10 +54,10 @@ def test_one_change_means_one_layer(case):
     tmp, model, _ = case
     ev = EvaluatorConfig(model=str(model), profile="eyeriss", data=str(tmp / "d.npz"), eval_samples=96,
                          calib_samples=48)()
-    from emomc_onnx.candidate import make_space
+    from emomc_onnx.search.space import make_space
     from emomc_onnx.sensitivity import _plans
 
-    plans = _plans(ev, make_space(ev), SETTINGS)
+    plans = _plans(ev, make_space(ev.analysis, ev.profile), SETTINGS)
     for target, kind, value, plan in plans:
         changed = [*plan.keep, *plan.density, *plan.wbits, *plan.abits]
         assert len(changed) == 1 and (str(changed[0]) == target or f"group {changed[0]}" == target), plan

@@ -29,6 +29,7 @@ from emomc_onnx.cost.mapping import (
     Loop,
     Mapping,
     MappingLevel,
+    _size,
     evaluate_mapping,
 )
 
@@ -183,8 +184,6 @@ def _type_bits(dt: str, inp: DataflowInput, profile: object) -> int:
 
 
 def _fits(level, keep, ext, inp, profile) -> bool:
-    from emomc_onnx.cost.mapping import _size
-
     if level.capacity_bytes is None:
         return True
     used = sum(_size(dt, ext, inp.dims) * _type_bits(dt, inp, profile) for dt in keep)

@@ -11,7 +11,9 @@ from onnx import numpy_helper
 
 from emomc_onnx import io
 from emomc_onnx.analysis import Layer, analyze
-from emomc_onnx.passes.dequantize import const_weights, float_view, has_qdq
+from emomc_onnx.cost.model import CostLayer, OtherOp, model_cost
+from emomc_onnx.passes.dequantize import CONTAINERS, const_weights, float_view, has_qdq
+from emomc_onnx.passes.qdq_bits import _act_q, read_layer_bits, read_qparam_elems
 
 __all__ = ["cost_layers", "cost_model", "cost_other_ops"]
 
@@ -32,24 +34,18 @@ def cost_layers(
     Scales and zero points of a QDQ layer (its weight's DequantizeLinear and its input's
     QuantizeLinear) are charged as ``qparam_elems`` at the profile's ``qparam_bits``.
     """
-    from emomc_onnx.cost import CostLayer
-
     quantized = has_qdq(proto)
     view = float_view(proto) if quantized else proto
     if layers is None:
         layers = analyze(io.load_proto(view, where=proto.graph.name or "<model>",
                                        input_shapes=input_shapes).model).layers
     if bits is None and quantized:
-        from emomc_onnx.passes.qdq_bits import read_layer_bits
-
         bits = {k: (v.wbits, v.abits) for k, v in read_layer_bits(proto).items()}
     bits = bits or {}
     consts = const_weights(proto) if quantized else {}
     codes = {k: v.centred for k, v in consts.items()}
     qparams: dict[str, int] = {}
     if quantized:
-        from emomc_onnx.passes.qdq_bits import read_qparam_elems
-
         qparams = read_qparam_elems(proto)
     inits = {t.name: t for t in proto.graph.initializer}
     weight_input = {n.name: n.input[1] for n in proto.graph.node if len(n.input) > 1}
@@ -118,10 +114,6 @@ def cost_other_ops(proto: onnx.ModelProto, layers: list[Layer], input_shapes=Non
     from the QDQ graph (the QuantizeLinear behind a DequantizeLinear, through MaxPool,
     Reshape, ...; the Q after the op for its output), and the MACs of a MatMul of two
     activations (attention scores and context)."""
-    from emomc_onnx.cost import OtherOp
-    from emomc_onnx.passes.dequantize import CONTAINERS
-    from emomc_onnx.passes.qdq_bits import _act_q
-
     inferred = _fixed_shapes(proto, input_shapes)
     g = inferred.graph
     inits = {t.name: t for t in g.initializer}
@@ -171,8 +163,6 @@ def cost_other_ops(proto: onnx.ModelProto, layers: list[Layer], input_shapes=Non
 def cost_model(proto: onnx.ModelProto, profile, dataflow: str | None = None, coding: str | None = None,
                layers: list[Layer] | None = None, bits=None, input_shapes=None, batch: int | None = None):
     """The cost model's report for a float or QDQ model (its non-compute ops included)."""
-    from emomc_onnx.cost import model_cost
-
     cl = cost_layers(proto, profile, layers, bits, input_shapes)
     others = cost_other_ops(proto, [c.layer for c in cl], input_shapes)
     return model_cost(cl, profile, dataflow, coding, other_ops=others, batch=batch)

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from emomc_onnx.cost.dataflows import available_dataflows
 from emomc_onnx.errors import ProfileError
 
 __all__ = [
@@ -301,9 +302,6 @@ def parse_profile(text: str, fname: str = "<profile>", path: str = "") -> Profil
     Raises:
         ProfileError: with a one-line message naming the file and the field path.
     """
-    # Local import: dataflows imports this module for the Profile type.
-    from emomc_onnx.cost.dataflows import available_dataflows
-
     ctx = _Ctx(fname)
     try:
         raw = yaml.safe_load(text)

@@ -10,6 +10,7 @@ and its model divides by 255 in-graph, so scaling here would apply it twice.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import pathlib
@@ -18,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 
+from emomc_onnx import io
 from emomc_onnx.errors import DataError
 
 __all__ = ["Dataset", "InputSpec", "Splits", "input_specs", "load_data", "make_splits", "split_sizes",
@@ -215,11 +217,9 @@ class Splits:
 
     def summary(self) -> dict:
         """Sizes, sources and a hash of each split's indices (provenance for front.json)."""
-        import hashlib
-
         out = {}
         for name, idx in self.indices.items():
-            out[name] = {"n": int(len(idx)),
+            out[name] = {"n": len(idx),
                          "indices_sha256": hashlib.sha256(np.asarray(idx, np.int64).tobytes()).hexdigest()[:16]}
         out["race"] = {"n": int(self.race), "of": "search"}
         out["test"]["source"] = self.test_source
@@ -298,9 +298,7 @@ def _labels(labels: np.ndarray, path: pathlib.Path) -> np.ndarray:
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise DataError(f"{path}: array 'labels' has shape {labels.shape}; need one class index per sample")
-    if np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
-        out = labels.astype(np.int64)
-    elif np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) \
+    if np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) \
             and np.array_equal(labels, np.round(labels)):
         out = labels.astype(np.int64)
     else:
@@ -313,30 +311,14 @@ def _labels(labels: np.ndarray, path: pathlib.Path) -> np.ndarray:
 
 def synthetic_data(model: onnx.ModelProto, n: int, seed: int = 0,
                    shapes: Mapping[str, Sequence[int]] | None = None) -> Dataset:
-    """Random inputs of the model's shapes for fidelity mode without data.
-
-    Float inputs are standard normal, integer inputs uniform in [0, 8), bool inputs fair coins.
-    Axis 0 becomes ``n``; other dynamic dims need ``shapes`` (name -> full shape).
-    """
+    """Random inputs of the model's shapes for fidelity mode without data (see
+    :func:`emomc_onnx.io.random_inputs`): axis 0 becomes ``n``; other dynamic dims need
+    ``shapes`` (name -> full shape)."""
     if n < 1:
         raise DataError(f"synthetic data needs at least one sample, got {n}")
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in input_specs(model):
-        if shapes and spec.name in shapes:
-            dims = list(shapes[spec.name])
-        else:
-            dims = list(spec.shape)
-        if not dims:
-            raise DataError(f"input {spec.name!r} is a scalar; synthetic data needs a batch axis")
-        dims[0] = n
-        if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
-            raise DataError(f"input {spec.name!r} has dynamic dims {spec.shape}: give --input-shape or --data")
-        if np.issubdtype(spec.dtype, np.floating):
-            arr = rng.standard_normal(dims).astype(spec.dtype)
-        elif spec.dtype == np.bool_:
-            arr = rng.random(dims) < 0.5
-        else:  # integer inputs (ids, indices): small non-negative values
-            arr = rng.integers(0, 8, size=dims).astype(spec.dtype)
-        arrays[spec.name] = arr
+    input_specs(model)  # every input a tensor with a numpy type, or a DataError naming it
+    try:
+        arrays = io.random_inputs(model, n, seed, shapes)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     return Dataset(arrays, None, "<synthetic>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -10,21 +11,22 @@ import re
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from emomc_onnx.errors import DataError, ModelError
 
-__all__ = ["check_runtime_opset", "make_session", "pad_batch", "run_batched", "run_feed"]
+__all__ = ["SessionCache", "check_runtime_opset", "make_session", "pad_batch", "run_batched", "run_feed"]
 
 logger = logging.getLogger(__name__)
 
 
 def make_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], threads: int = 1,
-                 optimize: bool = True) -> ort.InferenceSession:
+                 optimize: bool = True, name: str | None = None) -> ort.InferenceSession:
     """A CPU session for ``model`` (proto, serialized bytes or file path).
 
     ``threads`` intra-op threads, one inter-op thread, sequential execution and no spin-waiting
     (search workers share the cores); ``optimize`` enables all graph optimisations. A model
-    ORT refuses raises ModelError naming it with the first line of ORT's message.
+    ORT refuses raises ModelError naming it (or ``name``) with the first line of ORT's message.
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -38,7 +40,7 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], thread
         src: bytes | str = model.SerializeToString()
         name = f"model {model.graph.name!r}" if model.graph.name else "model"
     elif isinstance(model, (bytes, bytearray)):
-        src, name = bytes(model), "model bytes"
+        src, name = bytes(model), name or "model bytes"
     else:
         src = os.fspath(model)
         name = src
@@ -49,6 +51,36 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike[str], thread
         if why is not None:
             raise ModelError(f"{name}: {why}") from None
         raise ModelError(f"ONNX Runtime cannot load {name}: {_first_line(exc)}") from None
+
+
+class SessionCache:
+    """Sessions by the bytes of their model: a model equal to one run recently (the same plan
+    on another split, plans that build the same graph) reuses its session.
+
+    Args:
+        threads: intra-op threads of each session (see ``make_session``).
+        size: sessions kept (least recently used dropped first).
+    """
+
+    def __init__(self, threads: int = 1, size: int = 4) -> None:
+        self.threads, self.size = threads, size
+        self._sessions: dict[bytes, ort.InferenceSession] = {}
+        self.hits = 0
+
+    def get(self, proto: onnx.ModelProto) -> ort.InferenceSession:
+        """A session for ``proto`` (cached, or made and cached)."""
+        blob = proto.SerializeToString()
+        key = hashlib.blake2b(blob, digest_size=16).digest()
+        sess = self._sessions.pop(key, None)
+        if sess is None:
+            sess = make_session(blob, threads=self.threads,
+                                name=f"model {proto.graph.name!r}" if proto.graph.name else "model")
+            while len(self._sessions) >= self.size:
+                self._sessions.pop(next(iter(self._sessions)))
+        else:
+            self.hits += 1
+        self._sessions[key] = sess  # most recently used last
+        return sess
 
 
 def _opset_text(text: str) -> str | None:
@@ -77,8 +109,6 @@ def check_runtime_opset(model: onnx.ModelProto, where: str = "the model") -> Non
 
 @functools.lru_cache(maxsize=16)
 def _opset_refused(opsets: tuple[tuple[str, int], ...], ir_version: int) -> str | None:
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "opset_probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])

@@ -42,6 +42,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: b and c are the two kinds of discordant samples."""
+    # scipy.stats (slow to import) loads only for test-split intervals, not for prune or quantize
     from scipy.stats import binomtest
 
     if b + c == 0:

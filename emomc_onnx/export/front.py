@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -24,12 +25,22 @@ from typing import Any
 
 import onnx
 
+from emomc_onnx.errors import OutputError
 from emomc_onnx.paths import atomic_write_bytes
 from emomc_onnx.search.driver import SearchResult
 from emomc_onnx.search.evaluator import Evaluation, Evaluator, to_jsonable
 
-__all__ = ["FrontEntry", "export_front", "atomic_write_bytes", "check_front_owner", "canonical_bytes",
-           "run_metadata", "FRONT_JSON", "FRONT_CSV", "FRONT_DIR"]
+__all__ = [
+    "FRONT_CSV",
+    "FRONT_DIR",
+    "FRONT_JSON",
+    "FrontEntry",
+    "atomic_write_bytes",
+    "canonical_bytes",
+    "check_front_owner",
+    "export_front",
+    "run_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +242,7 @@ def export_front(
                        json.dumps(to_jsonable(meta), indent=2).encode())
     atomic_write_bytes(out / FRONT_CSV, _csv(entries).encode())
     if plots:
+        # matplotlib loads only to draw: `select` reads fronts through this module
         from emomc_onnx.export.plots import plot_convergence, plot_pareto
 
         plot_pareto(entries, base, out / "pareto.png", extra_points=extra_points,
@@ -303,8 +315,6 @@ def check_front_owner(outdir: str | os.PathLike[str], evaluator: Any, *, overwri
     Same fingerprint: the same run, which resumes. Another one: an OutputError naming what
     differs, unless ``overwrite``.
     """
-    from emomc_onnx.errors import OutputError
-
     path = Path(outdir) / FRONT_JSON
     if overwrite or not path.is_file():
         return
@@ -346,8 +356,6 @@ def _evaluator_record(evaluator: Evaluator) -> dict[str, Any] | None:
     config = getattr(evaluator, "config", None)
     if config is None or not dataclasses.is_dataclass(config):
         return None
-    import hashlib
-
     rec = dataclasses.asdict(config)
     for key in ("data", "test_data"):
         path = rec.get(key)

@@ -11,22 +11,21 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from emomc_onnx.search.evaluator import Evaluation  # noqa: E402
-from emomc_onnx.search.store import HVRecord  # noqa: E402
+from emomc_onnx.paths import atomic_write_bytes
+from emomc_onnx.search.evaluator import Evaluation
+from emomc_onnx.search.store import HVRecord
 
 if TYPE_CHECKING:
     from emomc_onnx.export.front import FrontEntry
 
-__all__ = ["plot_pareto", "plot_convergence"]
+__all__ = ["plot_convergence", "plot_pareto"]
 
 logger = logging.getLogger(__name__)
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    from emomc_onnx.export.front import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -7,13 +7,19 @@ import json
 import logging
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.colors import PowerNorm
+
+from emomc_onnx.paths import atomic_write_bytes
 from emomc_onnx.sensitivity import KINDS, SensitivityReport
 
-__all__ = ["write_sensitivity", "render_sensitivity", "SENSITIVITY_JSON", "SENSITIVITY_PNG"]
+__all__ = ["SENSITIVITY_JSON", "SENSITIVITY_PNG", "render_sensitivity", "write_sensitivity"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,21 +71,12 @@ def render_sensitivity(report: SensitivityReport, console: Console, max_rows: in
 
 def write_sensitivity(report: SensitivityReport, outdir: str | Path) -> list[Path]:
     """Write sensitivity.json and the heatmap PNG into ``outdir`` (atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from emomc_onnx.paths import atomic_write_bytes
-
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     jpath = out / SENSITIVITY_JSON
     atomic_write_bytes(jpath, json.dumps(report.to_dict(), indent=2, sort_keys=True).encode())
     targets, cols, m = _matrix(report)
     fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(cols), 1.2 + 0.28 * len(targets)))
-    from matplotlib.colors import PowerNorm
-
     shown = np.clip(np.nan_to_num(m, nan=0.0), 0.0, None)  # a negative drop (noise) shows as none
     vmax = max(float(shown.max()), 1e-9)
     # a power scale: one layer that breaks (80 points) must not wash out the 0.5-point ones

@@ -19,7 +19,7 @@ from rich.table import Table
 from emomc_onnx.export.front import FrontEntry
 from emomc_onnx.search.evaluator import Evaluation
 
-__all__ = ["render_summary", "summary_table", "split_note"]
+__all__ = ["render_summary", "split_note", "summary_table"]
 
 WIDE = 110  # columns from which absolute energy, size and MACs are shown
 FILES = 160  # columns from which file names are shown

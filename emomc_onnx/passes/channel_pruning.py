@@ -20,6 +20,7 @@ import onnx_ir as ir
 from emomc_onnx.analysis import Analysis
 from emomc_onnx.analysis.ops import op_spec
 from emomc_onnx.errors import PlanError
+from emomc_onnx.io import infer_shapes
 from emomc_onnx.passes.ir_utils import add_initializer
 
 __all__ = [
@@ -180,8 +181,6 @@ def _keep_one_per_part(analysis: Analysis, lab_keep: np.ndarray, importance: Map
 
 def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> None:
     """Cut every recorded tensor to the kept channels and re-infer shapes."""
-    from emomc_onnx.io import infer_shapes
-
     g = analysis.graph
     values = _values_by_name(model)
     nodes = {n.name: n for n in model.graph}

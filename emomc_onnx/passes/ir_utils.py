@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
@@ -19,8 +20,6 @@ def add_initializer(model: ir.Model, name: str, arr: np.ndarray,
         i += 1
         name = f"{base}_{i}"
     if dtype is ir.DataType.INT4:
-        import ml_dtypes
-
         tensor = ir.tensor(arr.astype(ml_dtypes.int4), dtype=dtype, name=name)
     else:
         tensor = ir.Tensor(np.asarray(arr), name=name)  # ir.tensor checks protocols: slow per call

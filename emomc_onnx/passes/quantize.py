@@ -379,8 +379,9 @@ def quantize_model(model: onnx.ModelProto | ir.Model, plan: QuantPlan,
         PlanError: the plan names a node that is not a quantizable layer, or a range is missing.
         UnsupportedOpError: the model's opset is below 13.
     """
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
-    irm = ir.from_proto(proto)  # a deserialised copy: the caller's model stays as it was
+    # a copy (an IR model's clone shares its weight tensors, which the pass only replaces):
+    # the caller's model stays as it was
+    irm = model.clone(deep_copy=True) if isinstance(model, ir.Model) else ir.from_proto(model)
     QuantizePass(plan, ranges)(irm)
     common_passes.RemoveUnusedNodesPass()(irm)
     logger.debug("quantized %d layers", len(plan.layers))

@@ -22,16 +22,20 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
 from emomc_onnx.analysis import Analysis, Layer
 from emomc_onnx.analysis.ops import op_spec
-from emomc_onnx.passes.ir_utils import ensure_bias as _ensure_bias
+from emomc_onnx.errors import DataError
+from emomc_onnx.evaluate.session import run_feed
 from emomc_onnx.passes.channel_pruning import (
     PruningPlan,
     apply_keep_mask,
     group_importance,
     select_channels,
 )
+from emomc_onnx.passes.ir_utils import ensure_bias as _ensure_bias
+from emomc_onnx.passes.sparsity import SparsityPass
 
 __all__ = ["collect_tensors", "activation_means", "lsq_rows", "apply_recovery", "prune_with_recovery",
            "refit_sparse", "sparsify_with_refit", "RECOVERIES"]
@@ -50,10 +54,6 @@ def collect_tensors(
     """Run ``proto`` on ``batches`` exposing ``tensors``; call ``reducer(name, array)`` per batch.
 
     Any batch size works, also for a model whose batch axis is static (fed in chunks)."""
-    import onnxruntime as ort
-
-    from emomc_onnx.evaluate.session import run_feed
-
     if not tensors:
         return
     m = onnx.ModelProto()
@@ -284,8 +284,6 @@ def prune_with_recovery(
     masks = _consumer_masks(analysis, keep)
     if recovery != "none" and masks:
         if original is None or not batches:
-            from emomc_onnx.errors import DataError
-
             raise DataError(f"recovery {recovery!r} needs calibration data (--data)")
         if recovery == "bias":
             means = activation_means(original, batches, [lay for lay in analysis.layers if lay.name in masks])
@@ -380,8 +378,6 @@ def sparsify_with_refit(model: ir.Model, analysis: Analysis, keep: np.ndarray | 
                         rows: Mapping[str, np.ndarray] | None, plan) -> None:
     """Apply a :class:`~emomc_onnx.passes.sparsity.SparsityPlan` in place, then re-fit the
     surviving weights of every sparsified layer (``refit_sparse``); ``rows=None``: no re-fit."""
-    from emomc_onnx.passes.sparsity import SparsityPass
-
     if rows is None:
         SparsityPass(plan)(model)
         return

@@ -16,7 +16,16 @@ from typing import Any, Literal
 
 from emomc_onnx.errors import PlanError
 
-__all__ = ["GroupGene", "LayerGene", "SearchSpace", "CompressionPlan", "SpaceKind"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "CompressionPlan",
+    "GroupGene",
+    "LayerGene",
+    "SearchSpace",
+    "SpaceKind",
+    "SpacePolicy",
+    "make_space",
+]
 
 SpaceKind = Literal["full", "emomc"]
 
@@ -222,3 +231,49 @@ class CompressionPlan:
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+@dataclasses.dataclass(frozen=True)
+class SpacePolicy:
+    """Which of a profile's choices the search offers, and how pruned channels are chosen.
+
+    Attributes:
+        wbits: (min, max) weight bit widths kept from the profile's (all of them if none fits).
+        abits: (min, max) activation bit widths kept from the profile's (likewise).
+        densities: (min, max, step) of the fine-grained weight densities.
+        criterion: channel importance the builder ranks channels by ("l1", "l2").
+    """
+
+    wbits: tuple[int, int] = (2, 8)
+    abits: tuple[int, int] = (4, 8)
+    densities: tuple[float, float, float] = (0.1, 1.0, 0.05)
+    criterion: str = "l1"
+
+    def density_choices(self) -> tuple[float, ...]:
+        lo, hi, step = self.densities
+        n = math.floor((hi - lo) / step + 1e-9) + 1
+        return tuple(round(lo + i * step, 2) for i in range(n))
+
+
+DEFAULT_POLICY = SpacePolicy()
+
+
+def make_space(analysis: Any, profile: Any, kind: SpaceKind = "full", multiple: int | None = None,
+               stage1_quantized: bool = False, policy: SpacePolicy = DEFAULT_POLICY) -> SearchSpace:
+    """The search space of an analysed model under a hardware profile.
+
+    ``analysis`` gives ``prunable_groups`` (``id``, ``channels``) and ``layers`` (``name``,
+    ``op_type``, ``params``, ``macs``); ``profile`` its ``channel_multiple``, ``weight_bits``
+    and ``activation_bits``. ``stage1_quantized``: see :class:`SearchSpace`.
+    """
+    mult = int(multiple or profile.channel_multiple)
+    groups = tuple(GroupGene(id=g.id, channels=g.channels, multiple=mult) for g in analysis.prunable_groups)
+    layers = tuple(LayerGene(name=lay.name, op_type=lay.op_type, params=lay.params, macs=lay.macs)
+                   for lay in analysis.layers)
+
+    def within(bits, lo_hi) -> tuple[int, ...]:
+        return tuple(b for b in bits if lo_hi[0] <= b <= lo_hi[1]) or tuple(bits)
+
+    wbits, abits = within(profile.weight_bits, policy.wbits), within(profile.activation_bits, policy.abits)
+    return SearchSpace(groups=groups, layers=layers, densities=policy.density_choices(), wbits=wbits, abits=abits,
+                       reference_bits=(max(wbits), max(abits)), kind=kind, stage1_quantized=stage1_quantized)

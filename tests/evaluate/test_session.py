@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from emomc_onnx.errors import DataError, ModelError
 from emomc_onnx.evaluate.data import Dataset
-from emomc_onnx.evaluate.session import make_session, run_batched
+from emomc_onnx.evaluate.session import SessionCache, make_session, run_batched
 
 
 def make_model(batch: int | str = "N") -> onnx.ModelProto:
@@ -100,3 +100,30 @@ def test_run_errors() -> None:
     assert "\n" not in str(info.value)
     empty = run_batched(sess, Dataset({"x": np.zeros((0, 6), np.float32)}, None, "mem"), 4)
     assert len(empty) == 2 and all(len(e) == 0 for e in empty)
+
+
+def test_session_cache_reuses_equal_graphs_only() -> None:
+    """An equal model (another proto object) gets the cached session; a model with other
+    weights gets its own; the least recently used session goes first when full."""
+    cache = SessionCache(size=2)
+    a, a2 = make_model(), make_model()
+    other = make_model()
+    other.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((6, 4), np.float32), "w"))
+    s = cache.get(a)
+    assert cache.get(a2) is s and cache.hits == 1
+    t = cache.get(other)
+    assert t is not s
+    np.testing.assert_allclose(run_batched(t, data(3))[0], data(3).arrays["x"] @ np.ones((6, 4), np.float32),
+                               rtol=1e-5)
+    cache.get(a)  # a is now the most recent: a third model drops `other`
+    third = make_model(batch=2)
+    cache.get(third)
+    assert cache.get(a) is s and cache.hits == 3
+    assert cache.get(other) is not t  # dropped, made again
+
+
+def test_session_cache_names_the_model_in_load_errors() -> None:
+    bad = make_model()
+    bad.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(ModelError, match="model 'lin'"):
+        SessionCache().get(bad)
