@@ -22,19 +22,21 @@ benchmarks/results/reference_runs/, git-ignored).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
-import pathlib
 import time
 
-import _common  # noqa: F401
+import _common
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from emomc_onnx import api, io
+from emomc_onnx import api
 from emomc_onnx.cost import load_profile
 from emomc_onnx.cost.from_onnx import cost_model
+from emomc_onnx.evaluate.stats import wilson
+from emomc_onnx.paths import atomic_write_bytes
 
 ROOT = _common.ROOT
 PAPER = {"energy": {"xy": 14.0, "icoc": 12.2, "fxfy": 10.4, "xfx": 8.9},
@@ -51,9 +53,20 @@ def _accuracy(proto: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
     return float((sess.run(None, {"input": x})[0].argmax(1) == y).mean())
 
 
-def _factors(proto, base_proto, prof, dataflow=None, coding=None) -> tuple[float, float]:
-    c = cost_model(proto, prof, dataflow, coding)
-    b = cost_model(base_proto, prof, dataflow, coding if coding not in (None, "auto") else "dense")
+def _factors(proto, base_proto, prof, dataflow=None, coding=None, memo: dict | None = None) -> tuple[float, float]:
+    """Energy and size factors of ``proto`` vs the float model; ``memo`` caches the costs
+    (keyed by model object id, dataflow, coding): the paper's columns cost every member within
+    each window under 7 settings, and the windows share members and the float model."""
+    memo = {} if memo is None else memo
+
+    def cost(m, df, cd):
+        key = (id(m), df, cd)
+        if key not in memo:
+            memo[key] = cost_model(m, prof, df, cd)
+        return memo[key]
+
+    c = cost(proto, dataflow, coding)
+    b = cost(base_proto, dataflow, coding if coding not in (None, "auto") else "dense")
     return b.energy / c.energy, b.size_bits / c.size_bits
 
 
@@ -79,30 +92,32 @@ def run_one(model: str, profile: str, args) -> dict:
                  "n_search": len(evaluator.search),
                  "evaluations": result.n_evaluations, "wall_s": wall, "hypervolume": result.front_hv,
                  "baseline_word_bits": prof.baseline_weight_bits}
+    protos: dict = {}  # file -> loaded member, kept alive so the memo's id() keys stay unique
+    memo: dict = {}
     for drop in (0.3, 0.5, 1.0, 2.0):
         ok = [e for e in entries if e.accuracy >= base_acc - drop / 100 and e.within_max_drop is not False]
         if not ok:
             row[f"within_{drop}"] = None
             continue
         best = min(ok, key=lambda e: e.energy)
-        proto = onnx.load(str(best.path(outdir)))
         cell = {"file": best.file, "accuracy": best.accuracy, "ci95": best.accuracy_ci95,
                 "accuracy_search": best.metric_search, "energy_x": best.energy_factor,
                 "size_x": best.size_factor}
         if profile == "emomc":
             # the paper's columns: per dataflow and per coding, the best member within the drop
             # under that dataflow or coding (the search ran under the profile's default)
-            costs = [(e, onnx.load(str(e.path(outdir)))) for e in ok]
+            for e in ok:
+                if e.file not in protos:
+                    protos[e.file] = onnx.load(str(e.path(outdir)))
+            costs = [protos[e.file] for e in ok]
             cell["energy_x_by_dataflow"] = {
-                df: max(_factors(p, base_proto, prof, df, None)[0] for _, p in costs) for df in prof.dataflows}
+                df: max(_factors(p, base_proto, prof, df, None, memo)[0] for p in costs) for df in prof.dataflows}
             cell["size_x_by_coding"] = {
-                cd: max(_factors(p, base_proto, prof, None, cd)[1] for _, p in costs)
+                cd: max(_factors(p, base_proto, prof, None, cd, memo)[1] for p in costs)
                 for cd in ("normal", "csr", "coo")}
         row[f"within_{drop}"] = cell
     for name, proto in _common.ort_points(model_path, evaluator.calib_batches).items():
         ex, sx = _factors(proto, base_proto, prof)
-        from emomc_onnx.evaluate.stats import wilson
-
         acc = _accuracy(proto, x, y)
         row[name] = {"accuracy": acc, "ci95": list(wilson(round(acc * len(y)), len(y))), "energy_x": ex,
                      "size_x": sx}
@@ -119,15 +134,15 @@ def _fmt(cell, key="energy_x") -> str:
 
 def write_md(rows: list[dict], args) -> str:
     lines = ["# Reference results", "",
-             f"Produced by `benchmarks/reference.py` on {os.cpu_count()} CPU cores, no training (each row's "
+             (f"Produced by `benchmarks/reference.py` on {os.cpu_count()} CPU cores, no training (each row's "
              "command is listed below the tables). Cells: accuracy / energy improvement / coded-size "
              "compression vs the float model (float word: the profile's baseline weight word, in the "
              "'float word' column), for the lowest-energy front member within the given accuracy drop "
              "(points of top-1 on the test split: samples neither the search nor the choice of the front saw, "
-             "with the 95% Wilson interval in brackets; the front is chosen on the search split).", "",
+             "with the 95% Wilson interval in brackets; the front is chosen on the search split)."), "",
              _window_note(rows), "",
-             "| model | profile | float word | float acc | within 0.3 | within 0.5 | within 1 | within 2 | ORT int8 "
-             "| ORT int4-w | evals | wall s | HV |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             ("| model | profile | float word | float acc | within 0.3 | within 0.5 | within 1 | within 2 | ORT int8 "
+             "| ORT int4-w | evals | wall s | HV |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {_label(r)} | {r['baseline_word_bits']}-bit | {100 * r['float_accuracy']:.2f}% | {_fmt(r.get('within_0.3'))} | "
@@ -136,8 +151,8 @@ def write_md(rows: list[dict], args) -> str:
             f"{r['wall_s']:.0f} | {r['hypervolume']:.3f} |")
     lines += ["", "## The paper's columns (emomc profile, within 0.3 points)", "",
               "| model | X:Y | IC:OC | Fx:Fy | X:Fx | Normal | CSR | COO |", "|---|---|---|---|---|---|---|---|",
-              "| paper (VGG-16, CIFAR-10, 0.3 pt, 24 GPU-h retraining) | 14.0x | 12.2x | 10.4x | 8.9x | 6.1x | "
-              "7.4x | 2.4x |"]
+              ("| paper (VGG-16, CIFAR-10, 0.3 pt, 24 GPU-h retraining) | 14.0x | 12.2x | 10.4x | 8.9x | 6.1x | "
+              "7.4x | 2.4x |")]
     for r in rows:
         c = r.get("within_0.3")
         if r["profile"] != "emomc" or not c:
@@ -178,6 +193,22 @@ def _command(args, model: str, profile: str) -> str:
             + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items()))
 
 
+def _store(row: dict, args) -> None:
+    """Merge ``row`` into reference.json/md as they are on disk now (another invocation may have
+    written its rows since this one started), under a lock, with atomic writes."""
+    out = ROOT / "benchmarks/results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reference_runs").mkdir(exist_ok=True)
+    with open(out / "reference_runs/.reference.lock", "w") as lock:  # git-ignored dir
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: a concurrent run waits its turn to merge
+        path = out / "reference.json"
+        rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r.get("model") in MODELS]
+        rows = [r for r in rows if _key(r) != _key(row)] + [row]
+        rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["profile"], r.get("max_accuracy_drop") or 0))
+        atomic_write_bytes(path, json.dumps(rows, indent=2, default=str).encode())
+        atomic_write_bytes(out / "reference.md", write_md(rows, args).encode())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="demo,vgg16,resnet")
@@ -191,19 +222,12 @@ def main() -> None:
     ap.add_argument("--max-accuracy-drop", type=float, default=None,
                     help="search constraint in points (the front then holds only models within it)")
     args = ap.parse_args()
-    out = ROOT / "benchmarks/results"
-    # rows of earlier invocations (other models or profiles) are kept; a re-run replaces its own
-    old = json.loads((out / "reference.json").read_text()) if (out / "reference.json").exists() else []
-    rows = [r for r in old if r.get("model") in MODELS]
     for model in args.models.split(","):
         for profile in args.profiles.split(","):
             print(f"== {model} / {profile}")
             row = run_one(model, profile, args)
             row["command"] = _command(args, model, profile)
-            rows = [r for r in rows if _key(r) != _key(row)] + [row]
-            rows.sort(key=lambda r: (list(MODELS).index(r["model"]), r["profile"], r.get("max_accuracy_drop") or 0))
-            (out / "reference.json").write_text(json.dumps(rows, indent=2, default=str))
-            (out / "reference.md").write_text(write_md(rows, args))
+            _store(row, args)
     print((ROOT / "benchmarks/results/reference.md").read_text())
 
 

@@ -15,8 +15,9 @@ interval covers the other split's *estimate* only ~83-87% of the time, since tha
 has its own noise), and the share whose paired-free two-sample difference is within its own
 95% interval (|test - untouched| <= 1.96 * sqrt(se_test^2 + se_untouched^2), expected 95%).
 
-    python benchmarks/train_demo.py --arch mlp          # the second model (seconds)
-    python benchmarks/selection_bias.py [--models demo,mlp] [--generations 4] [--population 12]
+    python benchmarks/train_demo.py --arch mlp          # a second model (seconds)
+    python benchmarks/train_demo.py --arch resnet       # the ResNet-style reference (minutes)
+    python benchmarks/selection_bias.py [--models demo,mlp,resnet] [--generations 4] [--population 12]
 
 Writes benchmarks/results/selection_bias.json and prints a markdown table (README).
 """
@@ -36,6 +37,7 @@ import onnxruntime as ort
 from emomc_onnx import api
 from emomc_onnx.evaluate.data import load_data, make_splits
 from emomc_onnx.evaluate.stats import Z95, wilson
+from emomc_onnx.paths import atomic_write_bytes
 
 ROOT = _common.ROOT
 MODELS = {
@@ -55,7 +57,7 @@ def run_model(name: str, args) -> dict:
     model, data = MODELS[name]()
     outdir = ROOT / "benchmarks/results/reference_runs" / f"selection_bias_{name}"
     t0 = time.time()
-    result, entries, evaluator = api.compress(
+    result, entries, _evaluator = api.compress(
         model, outdir, data=data, calib_samples=CALIB, eval_samples=SEARCH, test_samples=TEST,
         generations=args.generations, population=args.population, workers=args.workers, seed=0,
         resume=True)
@@ -110,8 +112,8 @@ def table(rows: list[dict], top: int | None = None) -> str:
                          f"[{100 * lo:.1f}-{100 * hi:.1f}] | {100 * m['untouched']:.2f} | "
                          f"{100 * m['gap_before']:+.2f} | {100 * m['gap_after']:+.2f} | "
                          f"{'yes' if m['covered'] else 'no'} |")
-    lines += ["", "| model | members | mean gap before (search reported) | mean gap after (test reported) "
-                  "| test CI covers untouched | difference within noise | evaluations (raced out) | wall s |",
+    lines += ["", ("| model | members | mean gap before (search reported) | mean gap after (test reported) "
+                  "| test CI covers untouched | difference within noise | evaluations (raced out) | wall s |"),
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {len(r['members'])} | {100 * r['mean_gap_before']:+.2f} pt | "
@@ -122,7 +124,7 @@ def table(rows: list[dict], top: int | None = None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="demo,mlp")
+    ap.add_argument("--models", default="demo,mlp,resnet")
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
@@ -136,7 +138,7 @@ def main() -> None:
         rows.append(run_model(name, args))
         rows.sort(key=lambda r: list(MODELS).index(r["model"]))
         _common.RESULTS.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")
+        atomic_write_bytes(out, (json.dumps({"rows": rows}, indent=2, default=str) + "\n").encode())
     print(table(rows, args.top))
 
 
