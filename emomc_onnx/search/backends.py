@@ -256,8 +256,11 @@ class DaskBackend:
         try:
             if n_local is not None:
                 with _single_threaded_env():
+                    # silence_logs: the workers' own log lines (e.g. heartbeat tracebacks while the
+                    # cluster shuts down) would land on the user's terminal; failures reach us as results
                     self.cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
-                                                dashboard_address=":0", host="127.0.0.1")
+                                                dashboard_address=":0", host="127.0.0.1",
+                                                silence_logs=logging.CRITICAL)
                 self.client = Client(self.cluster, set_as_default=False)
             else:
                 self.client = Client(address, timeout=connect_timeout_s, set_as_default=False)
