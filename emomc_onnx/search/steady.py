@@ -20,9 +20,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pymoo.core.evaluator import Evaluator as PymooEvaluator
 from pymoo.core.population import Population
-from pymoo.problems.static import StaticProblem
 
 from emomc_onnx.search.backends import InlineStream, Stream, make_backend
 from emomc_onnx.search.driver import Candidate, ProgressEvent, _floats, _raced, _safe_eval
@@ -67,9 +65,10 @@ class SteadyNSGA2:
         return self._offspring.pop(0)
 
     def tell(self, x: np.ndarray, F: tuple[float, ...], G: tuple[float, ...]) -> None:
-        ind = Population.new(X=np.asarray(x, dtype=float)[None, :])
-        PymooEvaluator().eval(StaticProblem(self.problem, F=np.asarray([F], dtype=float),
-                                            G=np.asarray([G], dtype=float).reshape(1, -1)), ind)
+        # what pymoo's Evaluator sets (CV and feasibility follow from G), without its per-call cost
+        ind = Population.new(X=np.asarray(x, dtype=float)[None, :], F=np.asarray([F], dtype=float),
+                             G=np.asarray([G], dtype=float).reshape(1, -1))
+        ind[0].evaluated.update(("F", "G"))
         merged = Population.merge(self.pop, ind)
         self.pop = self.alg.survival.do(self.problem, merged, n_survive=min(self.alg.pop_size, len(merged)),
                                         algorithm=self.alg, random_state=self.alg.random_state)
