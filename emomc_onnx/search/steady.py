@@ -177,6 +177,8 @@ def run_steady_stage(run: Any, stage: int, algorithm: Any, problem: Any, eval_bu
             told += 1
             if told % P == 0:
                 _checkpoint(run, stage, told // P - 1)
+                if run.backend is not None:  # workers that joined (or left) a cluster since
+                    slots = run.backend.slots()
     finally:
         stream.close()
         run.eval_wall += time.perf_counter() - t0
