@@ -205,6 +205,7 @@ def compress(
     ort_threads: int = 1,
     recovery: str = "lsq",
     overwrite: bool = False,
+    schedule: str = "generational",
 ):
     """Run the two-stage search and export the front; returns (result, entries, evaluator).
 
@@ -240,7 +241,7 @@ def compress(
     sconfig = SearchConfig(objectives=tuple(objectives), population=population, generations=generations,
                            max_evaluations=max_evaluations, time_budget_s=time_budget_s,
                            max_accuracy_drop=max_accuracy_drop, workers=workers, resume=resume,
-                           cluster=cluster or None)
+                           cluster=cluster or None, schedule=schedule)
     try:
         with locked(out):
             check_front_owner(out, evaluator, overwrite=overwrite)

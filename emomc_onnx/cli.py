@@ -351,6 +351,10 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
 @click.option("--cluster", default=None, metavar="tcp://HOST:8786|local:N",
               help="Evaluate candidates on a Dask cluster: a running scheduler's address, or local:N for a "
                    "local cluster of N processes (needs the [dask] extra). Without it, --workers.")
+@click.option("--schedule", type=click.Choice(["generational", "steady"]), default="generational",
+              show_default=True,
+              help="generational: a batch of candidates per generation; steady: steady-state NSGA-II, "
+                   "each result used as it arrives so no worker waits for a generation's slowest candidate.")
 @click.option("--ort-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="ONNX Runtime threads per session (one session per worker thread).")
 @click.option("--recovery", type=click.Choice(["none", "bias", "lsq"]), default="lsq", show_default=True,
@@ -363,8 +367,8 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
 @_handle_errors
 def compress(model, demo, profile_name, data, outdir, overwrite, space, objectives, max_accuracy_drop,
              generations, population, max_evaluations, time_budget, calib_samples, eval_samples, test_samples,
-             test_data, split_seed, metric, dataflow, coding, workers, cluster, ort_threads, recovery, resume, seed,
-             input_shapes) -> None:
+             test_data, split_seed, metric, dataflow, coding, workers, cluster, schedule, ort_threads, recovery, resume,
+             seed, input_shapes) -> None:
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
     from emomc_onnx.export.summary import render_summary
@@ -381,7 +385,7 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
                 test_data=test_data, split_seed=split_seed, metric=metric, dataflow=dataflow,
                 coding=coding, workers=workers, resume=resume, seed=seed, input_shapes=input_shapes,
                 progress=bar.update, recovery=recovery, overwrite=overwrite, cluster=cluster,
-                ort_threads=ort_threads,
+                ort_threads=ort_threads, schedule=schedule,
             )
     except DiskFullError as exc:
         raise DiskFullError(f"{exc}; the run is resumable: free some space, then {RESUME_HINT}") from None

@@ -27,7 +27,9 @@ __all__ = [
     "Backend",
     "ClusterError",
     "DaskBackend",
+    "InlineStream",
     "ProcessPoolBackend",
+    "Stream",
     "make_backend",
     "parse_cluster",
 ]
@@ -42,12 +44,40 @@ class ClusterError(EmomcError):
     """The Dask cluster cannot be reached or went away (the store keeps what finished)."""
 
 
+class Stream(Protocol):
+    """Candidates submitted one at a time, results taken back as they finish (steady-state search)."""
+
+    def submit(self, tag: Any, plan: Any, *args: Any) -> None:
+        """Start ``fn(evaluator, plan, *args)``; its result comes back with ``tag``."""
+        ...
+
+    def next(self) -> tuple[Any, Any]:
+        """``(tag, result)`` of the next candidate to finish (blocks; one must be in flight)."""
+        ...
+
+    def __len__(self) -> int:
+        """Candidates in flight."""
+        ...
+
+    def close(self) -> None:
+        """Cancel what is in flight."""
+        ...
+
+
 class Backend(Protocol):
-    """Evaluates batches of plans in other processes."""
+    """Evaluates plans in other processes."""
 
     def map_unordered(self, fn: Callable, plans: Sequence[Any], *args: Any
                       ) -> Iterator[tuple[int, Any]]:
         """``(i, fn(evaluator, plans[i], *args))`` for every plan, in order of completion."""
+        ...
+
+    def stream(self, fn: Callable) -> Stream:
+        """A :class:`Stream` evaluating ``fn(evaluator, plan, *args)`` per submitted plan."""
+        ...
+
+    def slots(self) -> int:
+        """How many candidates keep every worker busy (worker threads now up, at least 1)."""
         ...
 
     def status(self) -> str | None:
@@ -57,6 +87,39 @@ class Backend(Protocol):
     def close(self) -> None:
         """Cancel what is pending and release the workers."""
         ...
+
+
+def _map_via_stream(stream: Stream, plans: Sequence[Any], args: tuple) -> Iterator[tuple[int, Any]]:
+    """map_unordered on top of a stream: submit every plan, yield as they finish, cancel the rest."""
+    try:
+        for i, p in enumerate(plans):
+            stream.submit(i, p, *args)
+        while len(stream):
+            yield stream.next()
+    finally:
+        stream.close()
+
+
+class InlineStream:
+    """A stream without workers: each candidate is evaluated here, in submission order, when its
+    result is asked for (the search's own process; deterministic)."""
+
+    def __init__(self, fn: Callable, evaluator: Any) -> None:
+        self.fn, self.evaluator = fn, evaluator
+        self.queue: list[tuple[Any, Any, tuple]] = []
+
+    def submit(self, tag: Any, plan: Any, *args: Any) -> None:
+        self.queue.append((tag, plan, args))
+
+    def next(self) -> tuple[Any, Any]:
+        tag, plan, args = self.queue.pop(0)
+        return tag, self.fn(self.evaluator, plan, *args)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def close(self) -> None:
+        self.queue.clear()
 
 
 # ---- local process pool ---------------------------------------------------------------------
@@ -114,19 +177,42 @@ class ProcessPoolBackend:
 
     def map_unordered(self, fn: Callable, plans: Sequence[Any], *args: Any
                       ) -> Iterator[tuple[int, Any]]:
-        futures = {self.pool.submit(_process_call, fn, p, *args): i for i, p in enumerate(plans)}
-        try:
-            for fut in cf.as_completed(futures):
-                yield futures[fut], fut.result()
-        finally:
-            for fut in futures:
-                fut.cancel()
+        return _map_via_stream(self.stream(fn), plans, args)
+
+    def stream(self, fn: Callable) -> _PoolStream:
+        return _PoolStream(self.pool, fn)
+
+    def slots(self) -> int:
+        return self.workers
 
     def status(self) -> str | None:
         return None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _PoolStream:
+    def __init__(self, pool: cf.ProcessPoolExecutor, fn: Callable) -> None:
+        self.pool, self.fn = pool, fn
+        self.futures: dict[cf.Future, Any] = {}
+
+    def submit(self, tag: Any, plan: Any, *args: Any) -> None:
+        self.futures[self.pool.submit(_process_call, self.fn, plan, *args)] = tag
+
+    def next(self) -> tuple[Any, Any]:
+        done, _ = cf.wait(self.futures, return_when=cf.FIRST_COMPLETED)
+        fut = next(iter(done))
+        tag = self.futures.pop(fut)
+        return tag, fut.result()
+
+    def __len__(self) -> int:
+        return len(self.futures)
+
+    def close(self) -> None:
+        for fut in self.futures:
+            fut.cancel()
+        self.futures.clear()
 
 
 # ---- Dask ------------------------------------------------------------------------------------
@@ -170,8 +256,11 @@ class DaskBackend:
         try:
             if n_local is not None:
                 with _single_threaded_env():
+                    # silence_logs: the workers' own log lines (e.g. heartbeat tracebacks while the
+                    # cluster shuts down) would land on the user's terminal; failures reach us as results
                     self.cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
-                                                dashboard_address=":0", host="127.0.0.1")
+                                                dashboard_address=":0", host="127.0.0.1",
+                                                silence_logs=logging.CRITICAL)
                 self.client = Client(self.cluster, set_as_default=False)
             else:
                 self.client = Client(address, timeout=connect_timeout_s, set_as_default=False)
@@ -197,36 +286,16 @@ class DaskBackend:
 
     def map_unordered(self, fn: Callable, plans: Sequence[Any], *args: Any
                       ) -> Iterator[tuple[int, Any]]:
-        from distributed import as_completed
+        return _map_via_stream(self.stream(fn), plans, args)
 
-        from emomc_onnx.search.dask_plugin import evaluate_on_worker
+    def stream(self, fn: Callable) -> _DaskStream:
+        return _DaskStream(self, fn)
 
-        futures = {}
-        for i, p in enumerate(plans):
-            fut = self.client.submit(evaluate_on_worker, self.name, fn, p, *args, pure=False, retries=RETRIES,
-                                     key=f"emomc-eval-{uuid.uuid4().hex}")
-            futures[fut] = i
+    def slots(self) -> int:
         try:
-            for fut in as_completed(futures, loop=self.client.loop):
-                try:
-                    res = fut.result()
-                except EmomcError:
-                    raise
-                except (cf.CancelledError, OSError) as exc:  # we cancel nothing while we wait
-                    logger.debug("candidate future ended: %r", exc)
-                    raise self._lost() from None
-                except Exception as exc:  # noqa: BLE001 - Dask's own errors (KilledWorker ...)
-                    if self.client.status not in ("running", "connecting"):
-                        raise self._lost() from None
-                    raise ClusterError(f"a candidate failed on the Dask cluster at {self.spec}: "
-                                       f"{type(exc).__name__}: {exc}") from None
-                yield futures[fut], res
-        finally:
-            if self.client.status == "running":
-                try:
-                    self.client.cancel(list(futures))
-                except Exception:
-                    logger.debug("cancel failed", exc_info=True)
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - the scheduler may be gone; the stream's next() says so
+            return 1
 
     def _lost(self) -> ClusterError:
         return ClusterError(f"lost the Dask scheduler at {self.spec}; every finished candidate is in "
@@ -259,6 +328,55 @@ class DaskBackend:
                 self.cluster.close(timeout=10)
             except Exception:
                 logger.debug("cluster close failed", exc_info=True)
+
+
+class _DaskStream:
+    """Candidates as tasks (retried on a lost worker), results through ``as_completed``."""
+
+    def __init__(self, backend: DaskBackend, fn: Callable) -> None:
+        from distributed import as_completed
+
+        self.backend, self.fn = backend, fn
+        self.futures: dict[Any, Any] = {}
+        self.done = as_completed(loop=backend.client.loop)
+
+    def submit(self, tag: Any, plan: Any, *args: Any) -> None:
+        from emomc_onnx.search.dask_plugin import evaluate_on_worker
+
+        b = self.backend
+        fut = b.client.submit(evaluate_on_worker, b.name, self.fn, plan, *args, pure=False, retries=RETRIES,
+                              key=f"emomc-eval-{uuid.uuid4().hex}")
+        self.futures[fut] = tag
+        self.done.add(fut)
+
+    def next(self) -> tuple[Any, Any]:
+        b = self.backend
+        fut = next(self.done)
+        tag = self.futures.pop(fut)
+        try:
+            return tag, fut.result()
+        except EmomcError:
+            raise
+        except (cf.CancelledError, OSError) as exc:  # we cancel nothing while we wait
+            logger.debug("candidate future ended: %r", exc)
+            raise b._lost() from None
+        except Exception as exc:  # noqa: BLE001 - Dask's own errors (KilledWorker ...)
+            if b.client.status not in ("running", "connecting"):
+                raise b._lost() from None
+            raise ClusterError(f"a candidate failed on the Dask cluster at {b.spec}: "
+                               f"{type(exc).__name__}: {exc}") from None
+
+    def __len__(self) -> int:
+        return len(self.futures)
+
+    def close(self) -> None:
+        futures, self.futures = list(self.futures), {}
+        self.done.clear()
+        if futures and self.backend.client.status == "running":
+            try:
+                self.backend.client.cancel(futures)
+            except Exception:
+                logger.debug("cancel failed", exc_info=True)
 
 
 def make_backend(cluster: str | None, workers: int, factory: Callable[[], Any],

@@ -93,6 +93,8 @@ class SearchConfig:
         race_z: standard errors of optimism a raced candidate gets before it is dropped.
         drop_noise_z: standard errors of the search split's drop granted to
             ``max_accuracy_drop`` during the search (the test split judges with none).
+        schedule: "generational" (a batch per generation) or "steady" (steady-state NSGA-II:
+            each result told as it arrives, every worker kept busy; ``search/steady.py``).
     """
 
     objectives: tuple[str, ...] = OBJECTIVES
@@ -110,6 +112,7 @@ class SearchConfig:
     race_z: float = 2.0
     drop_noise_z: float = 1.0
     cluster: str | None = None
+    schedule: str = "generational"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -128,6 +131,8 @@ class SearchConfig:
         if self.mp_context not in ("spawn", "forkserver", "fork"):
             raise PlanError(f"mp_context must be spawn, forkserver or fork, "
                             f"got {self.mp_context!r}")
+        if self.schedule not in ("generational", "steady"):
+            raise PlanError(f"schedule must be generational or steady, got {self.schedule!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -575,6 +580,10 @@ class _Run:
             eliminate_duplicates=True,
         )
         algorithm.setup(problem, termination=("n_gen", 10**9), seed=seed, verbose=False)
+        if cfg.schedule == "steady":
+            from emomc_onnx.search.steady import run_steady_stage
+
+            return run_steady_stage(self, stage, algorithm, problem, eval_budget, deadline)
         used = 0
         for gen in range(cfg.generations):
             if deadline is not None and time.monotonic() >= deadline:

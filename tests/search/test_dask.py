@@ -231,3 +231,16 @@ def test_missing_distributed_names_the_extra(monkeypatch) -> None:
     with pytest.raises(Exception, match=r"emomc-onnx\[dask\]") as err:
         DaskBackend("tcp://127.0.0.1:1", ToyEvaluatorFactory())
     assert "\n" not in str(err.value)
+
+
+def test_steady_schedule_on_the_cluster(tmp_path: Path, cluster) -> None:
+    """Steady-state on two Dask workers: both evaluate, the budget is exact, every candidate is stored."""
+    address, _ = cluster
+    log = tmp_path / "evals.log"
+    cfg = dataclasses.replace(SMALL, cluster=address, schedule="steady", generations=20, max_evaluations=30)
+    r = _run(tmp_path / "run", cfg, LoggingFactory(str(log)), seed=2)
+    assert r.n_evaluations == 30 and r.front
+    assert len(_rows(tmp_path / "run" / "results.sqlite")) == 31  # and the baseline
+    searched = [k for pid, k, s in _log(log) if s == "search" and pid != os.getpid()]
+    assert sorted(searched) == sorted(c.key for c in r.candidates)  # each once, on the workers
+    assert len({pid for pid, _, _ in _log(log)} - {os.getpid()}) == 2
