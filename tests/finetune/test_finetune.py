@@ -451,3 +451,68 @@ def test_cli_compress_finetune_rebuilds_the_front_on_the_search_split(tmp_path: 
         assert m["key"].endswith("+ft") == m["file"].startswith("finetuned/")
     assert meta["finetune_merge"]["candidates"] == len(files)
     assert (out / "front.csv").read_text().count("\n") == len(meta["members"]) + 1
+
+
+# ---- recurrent ops -----------------------------------------------------------------------
+def _rnn_model(op: str, direction: str, layout: int, bias: bool, init: bool, extra: bool, seed: int = 0):
+    """One LSTM or GRU node (random weights) with all outputs; ``extra``: peepholes / linear_before_reset."""
+    rng = np.random.default_rng(seed)
+    d, hidden, n_in, seq, batch = (2 if direction == "bidirectional" else 1), 5, 3, 4, 2
+    g = 4 if op == "LSTM" else 3
+    arrs = {"W": rng.standard_normal((d, g * hidden, n_in)), "R": rng.standard_normal((d, g * hidden, hidden))}
+    names = ["x", "W", "R", "B" if bias else ""]
+    if bias:
+        arrs["B"] = rng.standard_normal((d, 2 * g * hidden))
+    state_shape = (batch, d, hidden) if layout else (d, batch, hidden)
+    if init:
+        names += ["", "h0"] + (["c0"] if op == "LSTM" else [])
+        arrs["h0"] = rng.standard_normal(state_shape)
+        if op == "LSTM":
+            arrs["c0"] = rng.standard_normal(state_shape)
+    attrs = {"hidden_size": hidden, "direction": direction, "layout": layout}
+    if extra and op == "LSTM":
+        names += [""] * (7 - len(names)) + ["P"]
+        arrs["P"] = rng.standard_normal((d, 3 * hidden))
+    elif extra:
+        attrs["linear_before_reset"] = 1
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, names, outs, name="rnn", **attrs)
+    x_shape = [batch, seq, n_in] if layout else [seq, batch, n_in]
+    y_shape = [batch, seq, d, hidden] if layout else [seq, d, batch, hidden]
+    graph = helper.make_graph(
+        [node], "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)]
+        + [helper.make_tensor_value_info(o, TensorProto.FLOAT, list(state_shape)) for o in outs[1:]],
+        [numpy_helper.from_array((0.5 * v).astype(np.float32), k) for k, v in arrs.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, rng.standard_normal(x_shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction, layout, bias, init, extra", [
+    ("forward", 0, True, False, False), ("reverse", 0, False, True, False),
+    ("bidirectional", 0, True, True, True), ("bidirectional", 1, True, True, False), ("forward", 1, False, False, True),
+])
+def test_recurrent_ops_match_onnx_runtime(op, direction, layout, bias, init, extra) -> None:
+    model, x = _rnn_model(op, direction, layout, bias, init, extra)
+    if layout:  # ONNX Runtime refuses batch-first recurrent ops: onnx's reference implementation
+        from onnx.reference import ReferenceEvaluator
+
+        want = ReferenceEvaluator(model).run(None, {"x": x})
+    else:
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    with torch.no_grad():
+        got = OnnxModule(model)(torch.from_numpy(x))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-5)
+
+
+def test_recurrent_op_with_unsupported_settings_is_named() -> None:
+    model, x = _rnn_model("LSTM", "forward", 0, True, False, False)
+    model.graph.node[0].attribute.append(helper.make_attribute("clip", 1.0))
+    with pytest.raises(UnsupportedOpError, match="LSTM with clip is not converted"):
+        OnnxModule(model)(torch.from_numpy(x))
