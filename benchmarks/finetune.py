@@ -132,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.ablation_only and args.ablation_member is None:
         ap.error("--ablation-only needs --ablation-member")
-    if args.epochs is None and args.time_budget is None:
+    if args.epochs is None and args.time_budget is None and not (args.ablation_only and args.ablation_time_budget):
         args.epochs = 2
 
     from train_demo import load_mnist
