@@ -6,12 +6,16 @@ types of the imported graph, those our converter lacks and, given onnx2torch's s
 onnx2torch lacks; where ours covers every op, the largest output difference against ONNX
 Runtime on one real sample.
 
-    python benchmarks/finetune_ops.py [--onnx2torch-src /path/to/onnx2torch]
+    python benchmarks/finetune_ops.py [--onnx2torch-src /path/to/onnx2torch] [--models dddd_ocr,...]
+
+With ``--models``, only those rows are measured again; the other rows of finetune_ops.json
+are kept (and so is their onnx2torch column when ``--onnx2torch-src`` is not given).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import re
 import sys
@@ -19,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import write
+from _common import RESULTS, write
 
 
 def onnx2torch_ops(src: pathlib.Path) -> set[str]:
@@ -32,7 +36,9 @@ def onnx2torch_ops(src: pathlib.Path) -> set[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--onnx2torch-src", type=pathlib.Path, default=None)
+    ap.add_argument("--models", default=None, help="comma-separated names (default: all)")
     args = ap.parse_args()
+    only = set(args.models.split(",")) if args.models else None
     import onnxruntime as ort
     import torch
     from corpus import CORPUS, input_shape_args
@@ -46,6 +52,10 @@ def main() -> None:
         if e.available():
             data = e.build(1, 0)
             models.append((e.name, str(e.path()), data, e))
+    old = {}
+    if only is not None and (RESULTS / "finetune_ops.json").exists():
+        old = {r["model"]: r for r in json.loads((RESULTS / "finetune_ops.json").read_text())["rows"]}
+    models = [m for m in models if only is None or m[0] in only]
     rows = []
     for name, path, data, entry in models:
         shapes = None
@@ -75,7 +85,12 @@ def main() -> None:
             except Exception as exc:  # a benchmark row, not a crash: say what failed
                 diff = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
         row["max |torch - ORT|"] = diff
+        if o2t is None and "onnx2torch missing" in old.get(name, {}):
+            row = {**old[name], **row}
         rows.append(row)
+    if old:
+        new = {r["model"]: r for r in rows}
+        rows = [new.get(k, r) for k, r in old.items()] + [r for k, r in new.items() if k not in old]
     write("finetune_ops", rows, "ONNX -> torch converter coverage")
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "compress",
     "demo_paths",
     "finetune",
+    "finetune_front_and_merge",
     "load",
     "profile",
     "prune",
@@ -380,3 +381,22 @@ def finetune(
         epochs = FinetuneConfig.epochs
     config = FinetuneConfig(epochs=epochs, time_budget_s=time_budget_s, **settings)
     return finetune_front(outdir, data, members=members, config=config, progress=progress)
+
+
+def finetune_front_and_merge(
+    outdir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    epochs: int | None = None,
+    time_budget_s: float | None = None,
+    progress=None,
+    merge_progress=None,
+    **settings,
+) -> tuple[dict, dict]:
+    """``compress --finetune``: fine-tune every member of OUTDIR's front, then re-choose the front
+    among the members and their fine-tuned versions on the search split (figures on the test
+    split); returns (finetune summary, merge summary). Needs the [finetune] extra."""
+    from emomc_onnx.finetune.refront import merge_front
+
+    summary = finetune(outdir, data, epochs=epochs, time_budget_s=time_budget_s, progress=progress, **settings)
+    return summary, merge_front(outdir, progress=merge_progress)

@@ -363,16 +363,26 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
               help="Reuse candidates already evaluated in OUTDIR/results.sqlite.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
               help="Seed of the search (same seed, same front); not of the data split.")
+@click.option("--finetune", "do_finetune", is_flag=True,
+              help="After the search, fine-tune every front member (distillation + QAT, the [finetune] "
+                   "extra) and re-choose the front among members and fine-tuned versions on the search split.")
+@click.option("--finetune-data", type=click.Path(), default=None,
+              help="Training .npz for --finetune (+ labels); must not share samples with --data/--test-data.")
+@click.option("--finetune-epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs per member for --finetune (default 3 without --finetune-time-budget).")
+@click.option("--finetune-time-budget", type=_Finite(0.0, min_open=True), default=None,
+              help="Seconds of fine-tuning for all members together (--finetune).")
 @input_shape_option
 @_handle_errors
 def compress(model, demo, profile_name, data, outdir, overwrite, space, objectives, max_accuracy_drop,
              generations, population, max_evaluations, time_budget, calib_samples, eval_samples, test_samples,
              test_data, split_seed, metric, dataflow, coding, workers, cluster, schedule, ort_threads, recovery, resume,
-             seed, input_shapes) -> None:
+             seed, do_finetune, finetune_data, finetune_epochs, finetune_time_budget, input_shapes) -> None:
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
     from emomc_onnx.export.summary import render_summary
 
+    _check_finetune_options(do_finetune, finetune_data, finetune_epochs, finetune_time_budget)
     objs = tuple(o.strip() for o in objectives.split(",") if o.strip())
     existed = os.path.isdir(outdir) if outdir.strip() else True
     try:
@@ -412,6 +422,45 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
         err_console.print(f"interrupted: the front above is partial; {RESUME_HINT}", highlight=False,
                           soft_wrap=True)
         sys.exit(130)
+    if do_finetune:
+        _finetune_after_compress(outdir, finetune_data, finetune_epochs, finetune_time_budget, seed,
+                                 result.baseline, evaluator.splits.summary())
+
+
+def _check_finetune_options(do_finetune, data, epochs, time_budget) -> None:
+    """compress's --finetune options, checked before the search (the extra and the file too)."""
+    given = [n for n, v in (("--finetune-data", data), ("--finetune-epochs", epochs),
+                            ("--finetune-time-budget", time_budget)) if v is not None]
+    if not do_finetune:
+        if given:
+            raise EmomcError(f"{given[0]} needs --finetune")
+        return
+    if data is None:
+        raise EmomcError("--finetune needs --finetune-data FILE.npz (training samples the run's data does not hold)")
+    from emomc_onnx.finetune import require_torch
+
+    require_torch()
+    if not os.path.isfile(data):
+        raise EmomcError(f"--finetune-data {data}: no such file")
+
+
+def _finetune_after_compress(outdir, data, epochs, time_budget, seed, baseline, splits) -> None:
+    from emomc_onnx import api
+    from emomc_onnx.export.front import FrontEntry
+    from emomc_onnx.export.summary import render_summary
+    from emomc_onnx.finetune.report import FinetuneProgress, before_after_table
+
+    console.print("fine-tuning the front members (--finetune)")
+    with FinetuneProgress(console) as bar:
+        summary, merged = api.finetune_front_and_merge(outdir, data, epochs=epochs, time_budget_s=time_budget,
+                                                       progress=bar.update, seed=seed)
+    console.print(before_after_table(summary))
+    console.print(f"front re-chosen on the search split among {merged['candidates']} models "
+                  f"({merged['tuned_candidates']} fine-tuned): {merged['front']} members, "
+                  f"{merged['tuned_in_front']} fine-tuned")
+    render_summary([FrontEntry.from_dict(m) for m in merged["members"]], console, baseline=baseline, splits=splits)
+    console.print(f"wrote {outdir}/finetuned/, finetune.json, finetune.png; front.json, front.csv and pareto.png "
+                  f"now hold the merged front (the search's own front: front.json's search_front)")
 
 
 def _settings(spec: str | None, kind: str, cast):

