@@ -102,7 +102,7 @@ def prune(
 
         rows = lsq_rows(loaded.model, analysis.layers, original, batches, max_rows=4096)
     keep = prune_with_recovery(pruned, analysis, plan, recovery=recovery, original=original, batches=batches,
-                               rows=rows)
+                               rows=rows, refit_pruned=True)
     io.refresh_shapes(pruned)  # shapes behind computed Reshapes too, for the analysis below
     after = _analyze(pruned)
     before_d = {"MACs": analysis.macs, "params": analysis.params}
