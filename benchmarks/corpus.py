@@ -1017,9 +1017,16 @@ def _front_summary(entry: Entry, outdir: pathlib.Path, original: pathlib.Path, h
         checks[f"front/{f.name}"] = (check_emitted(entry, f, original, entry.alt_geometry, held) if f.is_file()
                                      else {"ok": False, "problems": [f"{m['file']} missing"], "ran": []})
     best = max((m.get("accuracy", 0.0) for m in members), default=None)
+    # within one point (0.01 of the metric) of the original on the test split: the best factors there
+    near = [m for m in members if m.get("diff") is not None and m["diff"] >= -0.01]
     return {"front": f"{len(members)} ({pruned} pruned, {quant} quantized)", "front_members": len(members),
             "front_pruned": pruned, "front_quantized": quant, "front_best_metric": best,
-            "front_metric": front.get("config", {}).get("metric")}
+            "front_metric": front.get("metric") or front.get("config", {}).get("metric"),
+            "test_samples": front.get("splits", {}).get("test", {}).get("n"),
+            "within_1pt": len(near),
+            "best_energy_x_1pt": round(max((m["energy_factor"] for m in near), default=1.0), 2),
+            "best_size_x_1pt": round(max((m["size_factor"] for m in near), default=1.0), 2),
+            "failures": front.get("failures", {})}
 
 
 def _row_line(r: dict) -> dict:
@@ -1048,6 +1055,7 @@ def _row_line(r: dict) -> dict:
         "prune25+lsq": _fmt_fid(f.get("prune")), "W8A8": _fmt_fid(f.get("quantize_w8a8")),
         "ORT W8A8": _fmt_fid(f.get("ort_w8a8")), "W4A8": _fmt_fid(f.get("quantize_w4a8")),
         "ORT W4A8": _fmt_fid(f.get("ort_w4a8")), "compress s": r.get("compress_s", "-"),
+        "E/S x <=1pt": (f"{r['best_energy_x_1pt']}/{r['best_size_x_1pt']}" if "best_energy_x_1pt" in r else "-"),
     }
 
 
@@ -1063,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compress", action="store_true")
     ap.add_argument("--merge", help="comma-separated result JSON files of partial runs: print one table, write "
                     "--output (a model's row from a later file replaces an earlier one)")
+    ap.add_argument("--markdown", help="a result JSON: print its table as Markdown (the README's corpus table)")
     ap.add_argument("--jobs", type=int, default=1, help="models run in parallel (each command is single-process "
                     "except compress's workers)")
     ap.add_argument("--workdir", help="where data and outputs go (default: a temporary folder)")
@@ -1070,6 +1079,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.merge:
         return _merge(args.merge.split(","), args.output)
+    if args.markdown:
+        print(markdown_table(json.loads(pathlib.Path(args.markdown).read_text())["rows"]))
+        return 0
     names = args.models.split(",") if args.models else [e.name for e in CORPUS]
     entries = [by_name(n) for n in names]
     missing = [e.name for e in entries if not e.available()]
@@ -1103,6 +1115,47 @@ def main(argv: list[str] | None = None) -> int:
     print_report(rows)
     print(f"wrote {args.output}")
     return 0 if all("harness_error" not in r for r in rows) else 1
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's corpus table: every command's status, the front, the best factors within one
+    point of the original on the test split, fidelity; a failing command's reason below it."""
+    head = ("| model | exporter | opset | layers | prunable ch (groups) | inspect / prune / W8A8 / W4A8 / profiles | "
+            "compress s | front (pruned, quantized) | best energy / size x within 1 pt (test n) | "
+            "prune 25% + lsq | W8A8 ours / ORT | W4A8 ours / ORT |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    notes = []
+    for r in rows:
+        if "harness_error" in r:
+            lines.append(f"| {r['model']} | {r['exporter']} | | | | harness: {r['harness_error']} | | | | | | |")
+            continue
+        ln = _row_line(r)
+        f = r.get("fidelity", {})
+        cmds = f"{ln['inspect']} / {ln['prune']} / {ln['q W8A8']} / {ln['q W4A8']} / {ln['profile']}"
+        near = (f"{r['best_energy_x_1pt']} / {r['best_size_x_1pt']} ({r.get('test_samples')})"
+                if "best_energy_x_1pt" in r else "-")
+        front = r.get("front", "-") if ln["compress"] in ("ok", "-") else f"{ln['compress']}: {r.get('front', '-')}"
+        lines.append(f"| {r['model']} | {ln['exporter']} | {r['opset']} | {ln['layers']} | {ln['prunable ch']} "
+                     f"({r.get('groups', '-')}) | {cmds} | {ln['compress s']} | {front} | {near} | "
+                     f"{_fmt_fid2(f.get('prune'))} | {_fmt_fid(f.get('quantize_w8a8'))} / {_fmt_fid(f.get('ort_w8a8'))} | "
+                     f"{_fmt_fid(f.get('quantize_w4a8'))} / {_fmt_fid(f.get('ort_w4a8'))} |")
+        for k, v in r.get("commands", {}).items():
+            if v != "ok":
+                notes.append(f"- {r['model']} {k}: {v}")
+        for k, v in r.get("checks", {}).items():
+            if not v["ok"]:
+                notes.append(f"- {r['model']} {k}: {'; '.join(v['problems'])}")
+        for k, v in f.items():
+            if "error" in v:
+                notes.append(f"- {r['model']} {k}: {v['error'][:160]}")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _fmt_fid2(f: dict | None) -> str:
+    """Agreement for classifiers, else SQNR and cosine."""
+    if not f or "error" in f:
+        return _fmt_fid(f)
+    return _fmt_fid(f) if "agreement" in f else f"{f['sqnr_db']:.1f} dB, cos {f['cosine']:.2f}"
 
 
 def print_report(rows: list[dict]) -> None:
