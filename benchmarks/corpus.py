@@ -1017,11 +1017,21 @@ def _front_summary(entry: Entry, outdir: pathlib.Path, original: pathlib.Path, h
         checks[f"front/{f.name}"] = (check_emitted(entry, f, original, entry.alt_geometry, held) if f.is_file()
                                      else {"ok": False, "problems": [f"{m['file']} missing"], "ran": []})
     best = max((m.get("accuracy", 0.0) for m in members), default=None)
-    # within one point (0.01 of the metric) of the original on the test split: the best factors there
-    near = [m for m in members if m.get("diff") is not None and m["diff"] >= -0.01]
     return {"front": f"{len(members)} ({pruned} pruned, {quant} quantized)", "front_members": len(members),
-            "front_pruned": pruned, "front_quantized": quant, "front_best_metric": best,
-            "front_metric": front.get("metric") or front.get("config", {}).get("metric"),
+            "front_pruned": pruned, "front_quantized": quant, "front_best_metric": best, **front_factors(front)}
+
+
+def front_factors(front: dict) -> dict:
+    """From a front.json: the metric, the test split's size, and the best energy and size factors
+    among members within one point (0.01 of the metric) of the original on the test split."""
+    members = front.get("members", [])
+    near = [m for m in members if m.get("diff") is not None and m["diff"] >= -0.01]
+    top = max(members, key=lambda m: (m.get("metric_test", 0.0), m.get("energy_factor", 0.0)), default=None)
+    return {"front_metric": front.get("metric") or front.get("config", {}).get("metric"),
+            "front_top": None if top is None else {"metric_test": round(top.get("metric_test", 0.0), 4),
+                                                    "diff": round(top.get("diff", 0.0), 4),
+                                                    "energy_x": round(top.get("energy_factor", 1.0), 2),
+                                                    "size_x": round(top.get("size_factor", 1.0), 2)},
             "test_samples": front.get("splits", {}).get("test", {}).get("n"),
             "within_1pt": len(near),
             "best_energy_x_1pt": round(max((m["energy_factor"] for m in near), default=1.0), 2),
@@ -1071,6 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compress", action="store_true")
     ap.add_argument("--merge", help="comma-separated result JSON files of partial runs: print one table, write "
                     "--output (a model's row from a later file replaces an earlier one)")
+    ap.add_argument("--fronts", help="with --merge: the --workdir of the runs; each row's front factors are read "
+                    "again from WORKDIR/MODEL/compress/front.json")
     ap.add_argument("--markdown", help="a result JSON: print its table as Markdown (the README's corpus table)")
     ap.add_argument("--jobs", type=int, default=1, help="models run in parallel (each command is single-process "
                     "except compress's workers)")
@@ -1078,7 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=str(RESULTS / "corpus.json"))
     args = ap.parse_args(argv)
     if args.merge:
-        return _merge(args.merge.split(","), args.output)
+        return _merge(args.merge.split(","), args.output, args.fronts)
     if args.markdown:
         print(markdown_table(json.loads(pathlib.Path(args.markdown).read_text())["rows"]))
         return 0
@@ -1132,8 +1144,13 @@ def markdown_table(rows: list[dict]) -> str:
         ln = _row_line(r)
         f = r.get("fidelity", {})
         cmds = f"{ln['inspect']} / {ln['prune']} / {ln['q W8A8']} / {ln['q W4A8']} / {ln['profile']}"
-        near = (f"{r['best_energy_x_1pt']} / {r['best_size_x_1pt']} ({r.get('test_samples')})"
-                if "best_energy_x_1pt" in r else "-")
+        near = "-"
+        if r.get("within_1pt"):
+            near = f"{r['best_energy_x_1pt']} / {r['best_size_x_1pt']} ({r.get('test_samples')})"
+        elif r.get("front_top"):
+            t = r["front_top"]
+            near = (f"none (n={r.get('test_samples')}; best member {100 * t['diff']:+.1f} pt at "
+                    f"{t['energy_x']} / {t['size_x']})")
         front = r.get("front", "-") if ln["compress"] in ("ok", "-") else f"{ln['compress']}: {r.get('front', '-')}"
         lines.append(f"| {r['model']} | {ln['exporter']} | {r['opset']} | {ln['layers']} | {ln['prunable ch']} "
                      f"({r.get('groups', '-')}) | {cmds} | {ln['compress s']} | {front} | {near} | "
@@ -1201,13 +1218,17 @@ def _run_safely(name: str, settings: Settings, workdir: pathlib.Path, profiles: 
         return {"model": e.name, "exporter": e.exporter, "opset": None, "harness_error": f"{type(exc).__name__}: {exc}"}
 
 
-def _merge(files: list[str], out: str) -> int:
+def _merge(files: list[str], out: str, fronts: str | None = None) -> int:
     by_model: dict[str, dict] = {}
     settings = None
     for f in files:
         data = json.loads(pathlib.Path(f).read_text())
         settings = settings or data.get("settings")
         by_model.update({r["model"]: r for r in data["rows"]})
+    for name, r in by_model.items():
+        path = pathlib.Path(fronts or "") / name / "compress" / "front.json"
+        if fronts and r.get("commands", {}).get("compress") == "ok" and path.is_file():
+            r.update(front_factors(json.loads(path.read_text())))
     order = [e.name for e in CORPUS]
     rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     _write(rows, Settings(**settings) if settings else Settings(), out)
