@@ -46,10 +46,12 @@ def collect_tensors(
     batches: Iterable[Mapping[str, np.ndarray]],
     tensors: list[str],
     reducer,
+    only: bool = False,
 ) -> None:
     """Run ``proto`` on ``batches`` exposing ``tensors``; call ``reducer(name, array)`` per batch.
 
-    Any batch size works, also for a model whose batch axis is static (fed in chunks)."""
+    Any batch size works, also for a model whose batch axis is static (fed in chunks). ``only``:
+    the graph's own outputs are dropped, so ONNX Runtime runs just what ``tensors`` need."""
     import onnxruntime as ort
 
     from emomc_onnx.evaluate.session import run_feed
@@ -58,6 +60,8 @@ def collect_tensors(
         return
     m = onnx.ModelProto()
     m.CopyFrom(proto)
+    if only:
+        del m.graph.output[:]
     existing = {o.name for o in m.graph.output}
     for name in tensors:
         if name not in existing:
@@ -175,7 +179,7 @@ def _lsq_targets(model: ir.Model, layers: list[Layer], names: set[str] | None) -
 
 def lsq_rows(model: ir.Model, layers: list[Layer], original: onnx.ModelProto,
              batches: list[Mapping[str, np.ndarray]], max_rows: int = 2048, seed: int = 0,
-             names: set[str] | None = None) -> dict[str, np.ndarray]:
+             names: set[str] | None = None, only: bool = False) -> dict[str, np.ndarray]:
     """Sampled input rows (receptive fields, or feature vectors) of each layer on calibration data.
 
     Computed once per model; the search reuses them for every candidate's least squares. Each
@@ -203,7 +207,7 @@ def lsq_rows(model: ir.Model, layers: list[Layer], original: onnx.ModelProto,
                 pick = rngs[layer.name].choice(len(flat), size=min(per_batch, len(flat)), replace=False)
                 rows[layer.name].append(flat[pick])
 
-    collect_tensors(original, batches, sorted(by_input), reduce)
+    collect_tensors(original, batches, sorted(by_input), reduce, only=only)
     return {k: np.concatenate(v) for k, v in rows.items() if v}
 
 
@@ -295,7 +299,7 @@ def refit_on_pruned(model: ir.Model, analysis: Analysis, keep: np.ndarray, origi
         w = node.inputs[1].const_value.numpy()
         w_oi = _weight_as_out_in(node, w)
         # the pruned model as re-fitted so far (layers in graph order): each fit sees its inputs
-        mine = lsq_rows(model, analysis.layers, to_proto(model), batches, max_rows, seed, {layer.name})
+        mine = lsq_rows(model, analysis.layers, to_proto(model), batches, max_rows, seed, {layer.name}, only=True)
         if layer.name not in mine:
             continue
         x = mine[layer.name].astype(np.float64)
