@@ -1026,7 +1026,8 @@ def front_factors(front: dict) -> dict:
     among members within one point (0.01 of the metric) of the original on the test split."""
     members = front.get("members", [])
     near = [m for m in members if m.get("diff") is not None and m["diff"] >= -0.01]
-    top = max(members, key=lambda m: (m.get("metric_test", 0.0), m.get("energy_factor", 0.0)), default=None)
+    compressed = [m for m in members if max(m.get("energy_factor", 1.0), m.get("size_factor", 1.0)) > 1.0]
+    top = max(compressed, key=lambda m: (m.get("metric_test", 0.0), m.get("energy_factor", 0.0)), default=None)
     return {"front_metric": front.get("metric") or front.get("config", {}).get("metric"),
             "front_top": None if top is None else {"metric_test": round(top.get("metric_test", 0.0), 4),
                                                     "diff": round(top.get("diff", 0.0), 4),
@@ -1145,12 +1146,16 @@ def markdown_table(rows: list[dict]) -> str:
         f = r.get("fidelity", {})
         cmds = f"{ln['inspect']} / {ln['prune']} / {ln['q W8A8']} / {ln['q W4A8']} / {ln['profile']}"
         near = "-"
-        if r.get("within_1pt"):
-            near = f"{r['best_energy_x_1pt']} / {r['best_size_x_1pt']} ({r.get('test_samples')})"
-        elif r.get("front_top"):
-            t = r["front_top"]
-            near = (f"none (n={r.get('test_samples')}; best member {100 * t['diff']:+.1f} pt at "
-                    f"{t['energy_x']} / {t['size_x']})")
+        t = r.get("front_top")
+        top = f"best member {100 * t['diff']:+.1f} pt at {t['energy_x']} / {t['size_x']}" if t else ""
+        if r.get("front_top") and r.get("test_samples") is None:
+            near = "no test split (a run before it existed)"
+        elif r.get("within_1pt") and max(r["best_energy_x_1pt"], r["best_size_x_1pt"]) > 1.0:
+            near = f"{r['best_energy_x_1pt']} / {r['best_size_x_1pt']} (n={r.get('test_samples')})"
+        elif r.get("within_1pt"):
+            near = f"only the uncompressed member (n={r.get('test_samples')}); best compressed: {top[12:]}"
+        elif t:
+            near = f"none (n={r.get('test_samples')}); best compressed: {top[12:]}"
         front = r.get("front", "-") if ln["compress"] in ("ok", "-") else f"{ln['compress']}: {r.get('front', '-')}"
         lines.append(f"| {r['model']} | {ln['exporter']} | {r['opset']} | {ln['layers']} | {ln['prunable ch']} "
                      f"({r.get('groups', '-')}) | {cmds} | {ln['compress s']} | {front} | {near} | "
