@@ -1139,8 +1139,9 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     notes = []
     for r in rows:
-        if "harness_error" in r:
-            lines.append(f"| {r['model']} | {r['exporter']} | | | | harness: {r['harness_error']} | | | | | | |")
+        if "harness_error" in r or "not_run" in r:
+            why = f"harness: {r['harness_error']}" if "harness_error" in r else f"not run: {r['not_run']}"
+            lines.append(f"| {r['model']} | {r['exporter'].split(' (')[0]} | {r.get('opset') or ''} | | | {why} | | | | | | |")
             continue
         ln = _row_line(r)
         f = r.get("fidelity", {})
