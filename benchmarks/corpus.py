@@ -1171,6 +1171,10 @@ def markdown_table(rows: list[dict]) -> str:
         for k, v in f.items():
             if "error" in v:
                 notes.append(f"- {r['model']} {k}: {v['error'][:160]}")
+        for kind, v in (r.get("failures") or {}).items():
+            if isinstance(v, dict) and v.get("failed"):
+                notes.append(f"- {r['model']} compress: {v['failed']} of {v['candidates']} {kind} candidates failed: "
+                             f"{v.get('reason')}")
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
