@@ -1018,8 +1018,26 @@ def _front_summary(entry: Entry, outdir: pathlib.Path, original: pathlib.Path, h
                                      else {"ok": False, "problems": [f"{m['file']} missing"], "ran": []})
     best = max((m.get("accuracy", 0.0) for m in members), default=None)
     return {"front": f"{len(members)} ({pruned} pruned, {quant} quantized)", "front_members": len(members),
-            "front_pruned": pruned, "front_quantized": quant, "front_best_metric": best,
-            "front_metric": front.get("config", {}).get("metric")}
+            "front_pruned": pruned, "front_quantized": quant, "front_best_metric": best, **front_factors(front)}
+
+
+def front_factors(front: dict) -> dict:
+    """From a front.json: the metric, the test split's size, and the best energy and size factors
+    among members within one point (0.01 of the metric) of the original on the test split."""
+    members = front.get("members", [])
+    near = [m for m in members if m.get("diff") is not None and m["diff"] >= -0.01]
+    compressed = [m for m in members if max(m.get("energy_factor", 1.0), m.get("size_factor", 1.0)) > 1.0]
+    top = max(compressed, key=lambda m: (m.get("metric_test", 0.0), m.get("energy_factor", 0.0)), default=None)
+    return {"front_metric": front.get("metric") or front.get("config", {}).get("metric"),
+            "front_top": None if top is None else {"metric_test": round(top.get("metric_test", 0.0), 4),
+                                                    "diff": round(top.get("diff", 0.0), 4),
+                                                    "energy_x": round(top.get("energy_factor", 1.0), 2),
+                                                    "size_x": round(top.get("size_factor", 1.0), 2)},
+            "test_samples": front.get("splits", {}).get("test", {}).get("n"),
+            "within_1pt": len(near),
+            "best_energy_x_1pt": round(max((m["energy_factor"] for m in near), default=1.0), 2),
+            "best_size_x_1pt": round(max((m["size_factor"] for m in near), default=1.0), 2),
+            "failures": front.get("failures", {})}
 
 
 def _row_line(r: dict) -> dict:
@@ -1048,6 +1066,7 @@ def _row_line(r: dict) -> dict:
         "prune25+lsq": _fmt_fid(f.get("prune")), "W8A8": _fmt_fid(f.get("quantize_w8a8")),
         "ORT W8A8": _fmt_fid(f.get("ort_w8a8")), "W4A8": _fmt_fid(f.get("quantize_w4a8")),
         "ORT W4A8": _fmt_fid(f.get("ort_w4a8")), "compress s": r.get("compress_s", "-"),
+        "E/S x <=1pt": (f"{r['best_energy_x_1pt']}/{r['best_size_x_1pt']}" if "best_energy_x_1pt" in r else "-"),
     }
 
 
@@ -1063,13 +1082,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compress", action="store_true")
     ap.add_argument("--merge", help="comma-separated result JSON files of partial runs: print one table, write "
                     "--output (a model's row from a later file replaces an earlier one)")
+    ap.add_argument("--fronts", help="with --merge: the --workdir of the runs; each row's front factors are read "
+                    "again from WORKDIR/MODEL/compress/front.json")
+    ap.add_argument("--markdown", help="a result JSON: print its table as Markdown (the README's corpus table)")
     ap.add_argument("--jobs", type=int, default=1, help="models run in parallel (each command is single-process "
                     "except compress's workers)")
     ap.add_argument("--workdir", help="where data and outputs go (default: a temporary folder)")
     ap.add_argument("--output", default=str(RESULTS / "corpus.json"))
     args = ap.parse_args(argv)
     if args.merge:
-        return _merge(args.merge.split(","), args.output)
+        return _merge(args.merge.split(","), args.output, args.fronts)
+    if args.markdown:
+        print(markdown_table(json.loads(pathlib.Path(args.markdown).read_text())["rows"]))
+        return 0
     names = args.models.split(",") if args.models else [e.name for e in CORPUS]
     entries = [by_name(n) for n in names]
     missing = [e.name for e in entries if not e.available()]
@@ -1103,6 +1128,61 @@ def main(argv: list[str] | None = None) -> int:
     print_report(rows)
     print(f"wrote {args.output}")
     return 0 if all("harness_error" not in r for r in rows) else 1
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's corpus table: every command's status, the front, the best factors within one
+    point of the original on the test split, fidelity; a failing command's reason below it."""
+    head = ("| model | exporter | opset | layers | prunable ch (groups) | inspect / prune / W8A8 / W4A8 / profiles | "
+            "compress s | front (pruned, quantized) | best energy / size x within 1 pt (test n) | "
+            "prune 25% + lsq | W8A8 ours / ORT | W4A8 ours / ORT |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    notes = []
+    for r in rows:
+        if "harness_error" in r or "not_run" in r:
+            why = f"harness: {r['harness_error']}" if "harness_error" in r else f"not run: {r['not_run']}"
+            lines.append(f"| {r['model']} | {r['exporter'].split(' (')[0]} | {r.get('opset') or ''} | | | {why} | | | | | | |")
+            continue
+        ln = _row_line(r)
+        f = r.get("fidelity", {})
+        cmds = f"{ln['inspect']} / {ln['prune']} / {ln['q W8A8']} / {ln['q W4A8']} / {ln['profile']}"
+        near = "-"
+        t = r.get("front_top")
+        top = f"best member {100 * t['diff']:+.1f} pt at {t['energy_x']} / {t['size_x']}" if t else ""
+        if r.get("front_top") and r.get("test_samples") is None:
+            near = "no test split (a run before it existed)"
+        elif r.get("within_1pt") and max(r["best_energy_x_1pt"], r["best_size_x_1pt"]) > 1.0:
+            near = f"{r['best_energy_x_1pt']} / {r['best_size_x_1pt']} (n={r.get('test_samples')})"
+        elif r.get("within_1pt"):
+            near = f"only the uncompressed member (n={r.get('test_samples')}); best compressed: {top[12:]}"
+        elif t:
+            near = f"none (n={r.get('test_samples')}); best compressed: {top[12:]}"
+        front = r.get("front", "-") if ln["compress"] in ("ok", "-") else f"{ln['compress']}: {r.get('front', '-')}"
+        lines.append(f"| {r['model']} | {ln['exporter']} | {r['opset']} | {ln['layers']} | {ln['prunable ch']} "
+                     f"({r.get('groups', '-')}) | {cmds} | {ln['compress s']} | {front} | {near} | "
+                     f"{_fmt_fid2(f.get('prune'))} | {_fmt_fid(f.get('quantize_w8a8'))} / {_fmt_fid(f.get('ort_w8a8'))} | "
+                     f"{_fmt_fid(f.get('quantize_w4a8'))} / {_fmt_fid(f.get('ort_w4a8'))} |")
+        for k, v in r.get("commands", {}).items():
+            if v != "ok":
+                notes.append(f"- {r['model']} {k}: {v}")
+        for k, v in r.get("checks", {}).items():
+            if not v["ok"]:
+                notes.append(f"- {r['model']} {k}: {'; '.join(v['problems'])}")
+        for k, v in f.items():
+            if "error" in v:
+                notes.append(f"- {r['model']} {k}: {v['error'][:160]}")
+        for kind, v in (r.get("failures") or {}).items():
+            if isinstance(v, dict) and v.get("failed"):
+                notes.append(f"- {r['model']} compress: {v['failed']} of {v['candidates']} {kind} candidates failed: "
+                             f"{v.get('reason')}")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _fmt_fid2(f: dict | None) -> str:
+    """Agreement for classifiers, else SQNR and cosine."""
+    if not f or "error" in f:
+        return _fmt_fid(f)
+    return _fmt_fid(f) if "agreement" in f else f"{f['sqnr_db']:.1f} dB, cos {f['cosine']:.2f}"
 
 
 def print_report(rows: list[dict]) -> None:
@@ -1148,13 +1228,17 @@ def _run_safely(name: str, settings: Settings, workdir: pathlib.Path, profiles: 
         return {"model": e.name, "exporter": e.exporter, "opset": None, "harness_error": f"{type(exc).__name__}: {exc}"}
 
 
-def _merge(files: list[str], out: str) -> int:
+def _merge(files: list[str], out: str, fronts: str | None = None) -> int:
     by_model: dict[str, dict] = {}
     settings = None
     for f in files:
         data = json.loads(pathlib.Path(f).read_text())
         settings = settings or data.get("settings")
         by_model.update({r["model"]: r for r in data["rows"]})
+    for name, r in by_model.items():
+        path = pathlib.Path(fronts or "") / name / "compress" / "front.json"
+        if fronts and r.get("commands", {}).get("compress") == "ok" and path.is_file():
+            r.update(front_factors(json.loads(path.read_text())))
     order = [e.name for e in CORPUS]
     rows = sorted(by_model.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     _write(rows, Settings(**settings) if settings else Settings(), out)

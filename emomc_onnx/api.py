@@ -126,7 +126,7 @@ def prune(
     density = {lay.name: 1.0 - sparsity for lay in analysis.layers} if sparsity is not None else {}
     # one pass over the calibration data serves pruning and sparsity (lsq re-fits both)
     builder = CandidateBuilder(loaded, analysis, batches, recovery=recovery, criterion=criterion, pattern=pattern,
-                               max_rows=4096, cache_bytes=0)
+                               max_rows=4096, cache_bytes=0, refit_pruned=True)
     pruned = builder.float_ir(CompressionPlan(keep=keep, density=density, wbits={}, abits={}))
     io.refresh_shapes(pruned)  # shapes behind computed Reshapes too, for the analysis below
     after = _analyze(pruned)

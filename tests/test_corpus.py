@@ -109,6 +109,12 @@ def test_magika_features_match_magika_itself(tmp_path):
 _PROFILES = sorted(p.stem for p in (ROOT / "emomc_onnx" / "hardware_profiles").glob("*.yaml"))
 
 
+# 25% pruning + lsq on the quick settings (16 calibration, 32 held-out samples): what
+# benchmarks/results/corpus.json shows, less a margin. Layer-wise lsq alone gave 56% / cosine 0.28
+# on the same samples (benchmarks/results/corpus_recovery.json); the sequential re-fit 72% / 0.89.
+PRUNE_FLOOR = {"ppocr_cls": ("agreement", 0.65), "ppocr_rec": ("cosine", 0.8)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [e.name for e in corpus.CORPUS])
 def test_every_command_on_corpus_model(name, tmp_path):
@@ -124,6 +130,9 @@ def test_every_command_on_corpus_model(name, tmp_path):
     for key in ("prune", "quantize_w8a8", "quantize_w4a8"):
         assert key in row["checks"], f"{key}: no emitted file checked"
         assert "error" not in row["fidelity"].get(key, {}), row["fidelity"][key]
+    if name in PRUNE_FLOOR:
+        what, floor = PRUNE_FLOOR[name]
+        assert row["fidelity"]["prune"][what] >= floor, row["fidelity"]["prune"]
     assert row.get("front_members", 0) > 0, row.get("front")
     assert row["front_pruned"] > 0, f"front has no pruned member: {row['front']}"
     assert row["front_quantized"] > 0, f"front has no quantized member: {row['front']}"

@@ -317,3 +317,94 @@ def test_sqnr_metric_gives_errors_in_range(tmp_path):
     assert max(c.search.metric for c in result.candidates if c.search is not None) > 10.0  # dB, not a fraction
     assert 0.0 <= result.front_hv <= 1.1 ** 3
     assert all(0.0 <= e.error < 1.0 for e in entries)
+
+
+def magika_like(seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's magika: per-byte Dense (MatMul) -> Relu -> Reshape (B, L*4, F) -> (B, L, 4*F) with
+    a computed shape (the batch read at run time, Concat, Cast) -> a LayerNorm written out over
+    the positions (ReduceSum over axis 1, a computed Reshape + Expand back) -> Unsqueeze ->
+    Transpose -> Conv over the positions -> GlobalMaxPool -> Squeeze -> MatMul."""
+    rng = np.random.default_rng(seed)
+    L, F, K, O = 6, 8, 16, 5  # positions after grouping, Dense features, Conv out, classes
+    inits = [numpy_helper.from_array((rng.standard_normal((3, F)) * 0.5).astype(np.float32), "dense_w"),
+             numpy_helper.from_array((rng.standard_normal((1, 1, F)) * 0.1).astype(np.float32), "dense_b"),
+             numpy_helper.from_array((rng.standard_normal((K, 4 * F, 3, 1)) * 0.2).astype(np.float32), "conv_w"),
+             numpy_helper.from_array((rng.standard_normal((K, O)) * 0.3).astype(np.float32), "fc_w"),
+             numpy_helper.from_array((rng.standard_normal((1, L, 1)) * 0.1 + 1).astype(np.float32), "gamma"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"), numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([L], np.int64), "L"), numpy_helper.from_array(np.array([4 * F], np.int64), "C4"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax1"), numpy_helper.from_array(np.array([3], np.int64), "ax3"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "ax23"),
+             numpy_helper.from_array(np.array(1.0 / L, np.float32), "inv_l")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "dense_w"], ["d"], name="dense0"),
+        helper.make_node("Add", ["d", "dense_b"], ["db"]),
+        helper.make_node("Relu", ["db"], ["r"]),
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Cast", ["xs"], ["xs_f"], to=TensorProto.FLOAT),  # tf2onnx's int32 detour
+        helper.make_node("Cast", ["xs_f"], ["xs_i"], to=TensorProto.INT64),
+        helper.make_node("Slice", ["xs_i", "zero", "one", "zero"], ["batch"]),
+        helper.make_node("Concat", ["batch", "L", "C4"], ["shape3"], axis=0),
+        helper.make_node("Cast", ["shape3"], ["shape3c"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["r", "shape3c"], ["g"], name="group_bytes"),
+        helper.make_node("ReduceSum", ["g", "ax1"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "inv_l"], ["mean"]),
+        helper.make_node("Concat", ["batch", "one", "C4"], ["shape_b"], axis=0),
+        helper.make_node("Cast", ["shape_b"], ["shape_bc"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["mean", "shape_bc"], ["mean3"], name="mean_back"),
+        helper.make_node("Expand", ["mean3", "shape_bc"], ["mean3e"], name="mean_expand"),
+        helper.make_node("Sub", ["g", "mean3e"], ["centred"]),
+        helper.make_node("Mul", ["centred", "gamma"], ["normed"]),
+        helper.make_node("Unsqueeze", ["normed", "ax3"], ["u"]),
+        helper.make_node("Transpose", ["u"], ["t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Conv", ["t", "conv_w"], ["c"], name="conv", kernel_shape=[3, 1]),
+        helper.make_node("Relu", ["c"], ["cr"]),
+        helper.make_node("GlobalMaxPool", ["cr"], ["p"]),
+        helper.make_node("Squeeze", ["p", "ax23"], ["ps"]),
+        helper.make_node("MatMul", ["ps", "fc_w"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(nodes, "magika_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4 * L, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", O])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tf2onnx")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_channels_grouped_with_positions_by_a_computed_reshape_are_prunable():
+    """magika (tf2onnx): the Dense features reach the Conv through a Reshape that merges 4 positions
+    into the channels (channel innermost) with a shape computed at run time, and a LayerNorm over
+    the positions. The group must be prunable, and pruning channels whose Conv columns are zero
+    (recovery none) must leave the outputs unchanged at any batch size: that proves channel c
+    sits at Conv inputs c, F+c, 2F+c, 3F+c."""
+    from emomc_onnx.passes.channel_pruning import PruningPlan, apply_keep_mask, select_channels
+
+    proto = magika_like()
+    loaded = io.load_proto(proto, where="magika_like", input_shapes={"x": [1, 24, 3]})
+    analysis = api.analyze(loaded)
+    (grp,) = [g for g in analysis.groups if "dense0" in g.sources]
+    assert grp.prunable, grp.reason
+    assert grp.channels == 8
+    drop = [1, 6]
+    w = numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == "conv_w")).copy()
+    for c in drop:
+        w[:, [c, 8 + c, 16 + c, 24 + c]] = 0.0
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(proto)
+    for i, t in enumerate(zeroed.graph.initializer):
+        if t.name == "conv_w":
+            zeroed.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, "conv_w"))
+    loaded = io.load_proto(zeroed, where="magika_like", input_shapes={"x": [1, 24, 3]})
+    analysis = api.analyze(loaded)
+    score = np.ones(grp.channels)
+    score[drop] = 0.0
+    keep = select_channels(analysis, PruningPlan(keep={grp.id: 6}), {grp.id: score})
+    model = io.clone(loaded.model)
+    apply_keep_mask(model, analysis, keep)
+    pruned = loaded.restore_signature(io.to_proto(model))
+    onnx.checker.check_model(pruned)
+    x = np.random.default_rng(3).standard_normal((5, 24, 3)).astype(np.float32)
+    want = _run(zeroed, x)
+    got = _run(pruned, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    conv_w = next(t for t in pruned.graph.initializer if "conv_w" in t.name and len(t.dims) == 4)
+    assert list(conv_w.dims)[1] == 24

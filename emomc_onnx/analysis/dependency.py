@@ -686,6 +686,81 @@ def _shape_entry_is_free(shape_value: ir.Value, position: int) -> bool:
     return False
 
 
+def _shape_entry_source(shape_value: ir.Value, position: int) -> tuple[str, int, int, int] | None:
+    """Where entry ``position`` of a computed shape (a Concat of pieces, perhaps through a Cast,
+    as tf2onnx and paddle2onnx write a dynamic batch) is a constant: (Concat node, its input
+    index, offset in that input, value); None if it is not a constant there."""
+    prod = shape_value.producer()
+    while prod is not None and prod.op_type in ("Cast", "Identity"):
+        prod = prod.inputs[0].producer() if prod.inputs[0] is not None else None
+    if prod is None or prod.op_type != "Concat":
+        return None
+    offset = 0
+    for i, v in enumerate(prod.inputs):
+        length = _vec_len(v)
+        if length is None:
+            return None
+        if offset <= position < offset + length:
+            c = _const(v)
+            if c is None:
+                return None
+            return prod.name, i, position - offset, int(np.atleast_1d(c)[position - offset])
+        offset += length
+    return None
+
+
+def _vec_len(v: ir.Value | None, depth: int = 0) -> int | None:
+    """Length of a 1-D shape-like tensor: its static shape, a constant's size, a Shape's rank, or
+    a constant-bounds Slice / Cast of one (the dynamic batch piece of an exporter's shape)."""
+    if v is None or depth > 4:
+        return None
+    dims = _dims(v)
+    if dims and len(dims) == 1 and dims[0] is not None:
+        return dims[0]
+    c = _const(v)
+    if c is not None:
+        return int(np.atleast_1d(c).size)
+    prod = v.producer()
+    if prod is None:
+        return None
+    if prod.op_type in ("Cast", "Identity", "Neg", "Abs"):
+        return _vec_len(prod.inputs[0], depth + 1)
+    if prod.op_type == "Shape" and "start" not in prod.attributes and "end" not in prod.attributes:
+        return _rank(prod.inputs[0])
+    if prod.op_type == "Slice" and len(prod.inputs) >= 3:
+        n = _vec_len(prod.inputs[0], depth + 1)
+        starts, ends = _const(prod.inputs[1]), _const(prod.inputs[2])
+        steps = _const(prod.inputs[4]) if len(prod.inputs) > 4 and prod.inputs[4] is not None else None
+        if n is None or starts is None or ends is None or np.size(starts) != 1:
+            return None
+        step = int(np.atleast_1d(steps)[0]) if steps is not None else 1
+        return len(range(n)[slice(int(np.atleast_1d(starts)[0]), int(np.atleast_1d(ends)[0]), step)])
+    if prod.op_type == "Concat":
+        parts = [_vec_len(x, depth + 1) for x in prod.inputs]
+        return None if any(p is None for p in parts) else sum(parts)
+    return None
+
+
+def _record_shape_entry(g: ChannelGraph, node: ir.Node, shape_value: ir.Value, j: int, n_out: int,
+                        info: TInfo, block: int, what: str) -> bool:
+    """Record how a shape input's entry ``j`` (the channel count ``n_out``) follows the pruning:
+    a constant shape is rewritten, a computed one through its Concat's constant piece; -1 / 0 /
+    1 need nothing. False (and the channels frozen) if the entry cannot follow."""
+    shape_const = _const(shape_value)
+    if shape_const is not None:
+        if int(shape_const[j]) not in (-1, 0, 1):
+            g.record("reshape", node, shape_value.name, j, info.ids, (block,))
+        return True
+    src = _shape_entry_source(shape_value, j)
+    if src is not None and src[3] in (-1, 0, 1):
+        return True
+    if src is not None and src[3] == n_out:
+        g.record("reshape", node, shape_value.name, j, info.ids, (block, src[0], src[1], src[2]))
+        return True
+    g.freeze(info.ids, f"{what} {node.name} shape is computed and fixes the channel count")
+    return False
+
+
 @register("Reshape")
 def _reshape(g: ChannelGraph, node: ir.Node) -> None:
     info = g.get(node.inputs[0])
@@ -720,18 +795,26 @@ def _reshape(g: ChannelGraph, node: ir.Node) -> None:
             del inner
         if target:
             break
+    tile = 1
+    if target is None and a >= 1 and a < len(dout):
+        # positions merged into the channels, channel innermost (B, L*k, C) -> (B, L, k*C): a
+        # byte/patch grouping as magika writes it; channel c appears at k*C offsets c + i*C
+        j = a
+        k = dout[j] // n if dout[j] is not None and dout[j] % n == 0 else None
+        if (k and k > 1 and din[a - 1] is not None and dout[a - 1] is not None and din[a - 1] == dout[a - 1] * k
+                and prefix(dout, a - 1) == prefix(din, a - 1) and _prod(dout[j + 1:]) == _prod(din[a + 1:])):
+            target, tile = (j, 1), k
     if target is None:
         g.freeze(info.ids, _split_reason(node, din, dout, a, n, prefix))
         return
     j, block = target
-    shape_const = _const(node.inputs[1])
-    if shape_const is None:
-        if not _shape_entry_is_free(node.inputs[1], j) and dout[j] is not None:
-            g.freeze(info.ids, f"Reshape {node.name} shape is computed and fixes the channel count")
-            return
-    elif int(shape_const[j]) not in (-1, 0):
-        g.record("reshape", node, node.inputs[1].name, j, info.ids, (block,))
-    g.set(node.outputs[0], TInfo(j, np.repeat(info.ids, block)))
+    ids = np.tile(info.ids, tile) if tile > 1 else np.repeat(info.ids, block)
+    if _const(node.inputs[1]) is None and _shape_entry_is_free(node.inputs[1], j):
+        pass
+    elif not _record_shape_entry(g, node, node.inputs[1], j, dout[j] or 0,
+                                 TInfo(j, ids if tile > 1 else info.ids), block if tile == 1 else 1, "Reshape"):
+        return
+    g.set(node.outputs[0], TInfo(j, ids))
 
 
 def _split_reason(node: ir.Node, din: list, dout: list, a: int, n: int, prefix) -> str:
@@ -799,7 +882,10 @@ def _reduce(g: ChannelGraph, node: ir.Node) -> None:
         axes = [] if int(_attr(node, "noop_with_empty_axes", 0)) else list(range(rank))
     axes = [a % rank for a in axes]
     if info.axis in axes:
-        g.freeze(info.ids, f"{node.op_type} {node.name} reduces over the channels")
+        why = ("its result depends on every channel" if node.op_type not in ("ReduceSum", "ReduceMean")
+               else "a mean or variance over them (a LayerNorm written out op by op, as tf2onnx exports one) "
+                    "changes when any is removed")
+        g.freeze(info.ids, f"{node.op_type} {node.name} reduces over the channels: {why}")
         return
     shift = 0 if keep else sum(1 for a in axes if a < info.axis)
     g.set(node.outputs[0], TInfo(info.axis - shift, info.ids))
@@ -831,10 +917,18 @@ def _expand(g: ChannelGraph, node: ir.Node) -> None:
         return
     dims = _dims(node.outputs[0])
     r_in = _rank(node.inputs[0]) or 0
-    if dims is None:
+    n_shape = _vec_len(node.inputs[1])
+    r_out = len(dims) if dims is not None else (max(r_in, n_shape) if n_shape is not None and r_in else None)
+    if r_out is None:
         g.freeze(info.ids, f"Expand {node.name} with unknown output shape")
         return
-    g.set(node.outputs[0], TInfo(info.axis + len(dims) - r_in, info.ids))
+    j = info.axis + r_out - r_in
+    out = TInfo(j, info.ids)
+    pos = j - (r_out - n_shape) if n_shape is not None else None
+    if pos is not None and pos >= 0 and not _record_shape_entry(g, node, node.inputs[1], pos, len(info.ids), out,
+                                                                1, "Expand"):
+        return
+    g.set(node.outputs[0], out)
 
 
 @register("Tile")

@@ -34,6 +34,7 @@ from emomc_onnx.passes.recovery import (
     activation_means,
     apply_recovery,
     lsq_rows,
+    refit_on_pruned,
     sparsify_with_refit,
 )
 from emomc_onnx.passes.sparsity import SparsityPlan
@@ -60,6 +61,8 @@ class CandidateBuilder:
         calibration: activation calibration method (see ``calibrate``).
         max_rows, seed: least-squares rows sampled per layer, and their sampling seed.
         cache_bytes: bound of each cache (0: nothing cached, for a single build).
+        refit_pruned: with ``lsq``, re-fit every layer of a pruned model on its own inputs
+            (``refit_on_pruned``; layers then depend on each other, so nothing is cached).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class CandidateBuilder:
         max_rows: int = 1024,
         seed: int = 0,
         cache_bytes: int = CACHE_BYTES,
+        refit_pruned: bool = False,
     ) -> None:
         if recovery not in RECOVERIES:
             raise ValueError(f"recovery {recovery!r}: expected one of {', '.join(RECOVERIES)}")
@@ -92,10 +96,15 @@ class CandidateBuilder:
                               max_rows=max_rows, seed=seed)
                      if recovery == "lsq" else None)
         self._refit_rows = self.rows if sparse_refit else None
+        # lsq: re-fit every layer on the pruned model's own inputs (one pass per layer over the
+        # calibration data; `prune` does it, the search's per-layer cache cannot)
+        self.refit_pruned = refit_pruned and recovery == "lsq"
+        self.max_rows, self.seed = max_rows, seed
         self._activations = (activation_means(self.original, self.calib_batches, analysis.layers, absolute=True)
                              if criterion == "activation" else None)
         self._imp: dict[int, np.ndarray] | None = None
         self._ranges_cache: dict[str, dict] = {}
+        cache_bytes = 0 if self.refit_pruned else cache_bytes
         self._arch_cache = _LRU(cache_bytes)  # float models per architecture
         self._layer_cache = _LRU(cache_bytes)  # rewritten (weight, bias) per layer configuration
         self._layer_ids = _layer_channel_ids(analysis)
@@ -136,6 +145,9 @@ class CandidateBuilder:
         if keep is not None:
             apply_recovery(model, self.analysis, keep, self.recovery, self.means, self.rows, names=todo)
             apply_keep_mask(model, self.analysis, keep)
+            if self.refit_pruned:
+                refit_on_pruned(model, self.analysis, keep, self.original, self.calib_batches,
+                                max_rows=self.max_rows, seed=self.seed, rows=self.rows)
         todo_dens = {k: v for k, v in dens.items() if k not in hits}
         if todo_dens:
             sparsify_with_refit(model, self.analysis, keep, self._refit_rows,

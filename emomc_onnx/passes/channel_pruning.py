@@ -207,9 +207,20 @@ def apply_keep_mask(model: ir.Model, analysis: Analysis, keep: np.ndarray) -> No
             if mask.all():
                 continue
             node = nodes[rec.node]
+            count = int(mask.sum()) * int(rec.extra[0])
+            if len(rec.extra) > 1:  # a computed shape: its Concat's constant piece
+                concat, index, offset = nodes[rec.extra[1]], int(rec.extra[2]), int(rec.extra[3])
+                if (concat.name, index) in done:
+                    continue
+                done.add((concat.name, index))
+                piece = concat.inputs[index]
+                arr = piece.const_value.numpy().copy()
+                arr[offset] = count
+                concat.replace_input_with(index, add_initializer(model, f"{piece.name}_{concat.name}_pruned", arr))
+                continue
             shape_v = node.inputs[1]
             arr = shape_v.const_value.numpy().copy()
-            arr[rec.axis] = int(mask.sum()) * int(rec.extra[0])
+            arr[rec.axis] = count
             node.replace_input_with(1, add_initializer(model, f"{shape_v.name}_{node.name}_pruned", arr))
         elif rec.kind == "split":
             if mask.all():
