@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import numpy_helper
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from emomc_onnx.analysis import Analysis, Layer
 from emomc_onnx.analysis.ops import op_spec
@@ -39,8 +39,17 @@ from emomc_onnx.passes.channel_pruning import (
 from emomc_onnx.passes.ir_utils import ensure_bias as _ensure_bias
 from emomc_onnx.passes.sparsity import SparsityPass
 
-__all__ = ["collect_tensors", "activation_means", "lsq_rows", "apply_recovery", "prune_with_recovery",
-           "refit_on_pruned", "refit_sparse", "sparsify_with_refit", "RECOVERIES"]
+__all__ = [
+    "RECOVERIES",
+    "activation_means",
+    "apply_recovery",
+    "collect_tensors",
+    "lsq_rows",
+    "prune_with_recovery",
+    "refit_on_pruned",
+    "refit_sparse",
+    "sparsify_with_refit",
+]
 
 logger = logging.getLogger(__name__)
 
