@@ -22,53 +22,52 @@ are totals for the run, stage 1 getting ``stage1_share`` of them and stage 2 the
 (including whatever stage 1 left unused). Evaluations count distinct candidates of the run
 (served from the store or computed), so a resumed run retraces the same path exactly; the
 time budget is the only source of run-to-run variation.
+
+Pieces: :mod:`~emomc_onnx.search.workers` (where candidates run), :mod:`~emomc_onnx.search.records`
+(run cache, result store, judging, racing gate), :mod:`~emomc_onnx.search.seeding` (first
+generations) and :mod:`~emomc_onnx.search.stopping` (pymoo terminations); this module holds the
+settings, the stage loop (ask, evaluate, tell) and the final front.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
-import math
-import os
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
-from pymoo.core.evaluator import Evaluator as PymooEvaluator
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.problems.static import StaticProblem
 
-from emomc_onnx.errors import EmomcError, MetricError, PlanError
-from emomc_onnx.search.backends import Backend, make_backend
-from emomc_onnx.search.evaluator import Evaluation, Evaluator, EvaluatorFactory
+from emomc_onnx.errors import PlanError
+from emomc_onnx.search.evaluator import Evaluation, EvaluatorFactory
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import hypervolume, non_dominated
 from emomc_onnx.search.problem import OBJECTIVES, Objectives, make_problem
+from emomc_onnx.search.records import Candidate, RaceGate, RunRecords
+from emomc_onnx.search.seeding import initial_stage1, initial_stage2
 from emomc_onnx.search.space import CompressionPlan, SearchSpace
+from emomc_onnx.search.steady import run_steady_stage
+from emomc_onnx.search.stopping import exhausted, stage_termination, stop_reason
 from emomc_onnx.search.store import HVRecord, ResultStore
+from emomc_onnx.search.workers import UNEXPECTED, Workers
 
 __all__ = [
-    "RaceGate",
-    "SearchConfig",
     "Candidate",
     "FrontMember",
     "ProgressEvent",
+    "RaceGate",
+    "SearchConfig",
     "SearchResult",
     "run_search",
 ]
 
 logger = logging.getLogger(__name__)
-
-_MAX_REASON = 500
-
-
-STAGE2_SEED_POPULATIONS = 3  # stage 2's first generation, in populations (search_quality.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,37 +141,6 @@ class SearchConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Candidate:
-    """One evaluated candidate of the run (search subset).
-
-    Attributes:
-        key: plan key.
-        plan: the plan.
-        stage: stage that proposed it first (0 = the unmodified model).
-        search: evaluation on the search subset, None if it failed.
-        reason: failure message, or constraint violation; None when feasible.
-        objectives: normalised objective row (as given to NSGA-II).
-        constraints: constraint row (``<= 0`` satisfied).
-        feasible: ran and satisfies the constraints.
-        seconds: evaluation wall time (0 for a stored result).
-        cached: served from the result store.
-        raced_out: measured on the racing prefix only (dominated there with margin).
-    """
-
-    key: str
-    plan: CompressionPlan
-    stage: int
-    search: Evaluation | None
-    reason: str | None
-    objectives: tuple[float, ...]
-    constraints: tuple[float, ...]
-    feasible: bool
-    seconds: float
-    cached: bool
-    raced_out: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
 class FrontMember:
     """A member of the final front: chosen on the search split, reported on the test split.
 
@@ -196,34 +164,6 @@ class FrontMember:
     objectives_test: tuple[float, ...]
     violation: str | None = None
     gap: dict | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class RaceGate:
-    """Decides after the racing prefix whether a candidate gets the rest of the search split.
-
-    Picklable (it travels to the worker processes). A candidate continues unless a candidate
-    already measured on the whole search split dominates its optimistic objectives: error
-    lowered by ``z`` binomial standard errors of the prefix (energy and size are exact).
-    """
-
-    objectives: Objectives
-    archive: tuple[tuple[float, ...], ...]
-    z: float = 2.0
-
-    def __call__(self, ev: Evaluation) -> bool:
-        if not self.archive:
-            return True
-        F = self.objectives.f(ev)
-        if "error" in self.objectives.names:
-            i = self.objectives.names.index("error")
-            stats = ev.extra.get("stats") or {}
-            n = max(int(stats.get("n") or 1), 1)
-            e = float(F[i])
-            F[i] = e - self.z * math.sqrt(max(e * (1.0 - e), 1.0 / n) / n)
-        A = np.asarray(self.archive, dtype=float)
-        dominated = np.all(A <= F, axis=1) & np.any(A < F, axis=1)
-        return not bool(dominated.any())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,268 +250,42 @@ class SearchResult:
             len(self.front), len(self.config.objectives))
 
 
-UNEXPECTED = "unexpected "  # prefix of the reason of a candidate that failed with a bug, not a plan error
-_WARNED: set[tuple[str, str, int]] = set()
-
-
-# ---- evaluation (in this process or a backend's workers) ---------------------------------
-def _safe_eval(evaluator: Evaluator, plan: CompressionPlan, subset: str, gate: RaceGate | None = None
-               ) -> tuple[Evaluation | None, str | None, float]:
-    """Evaluate, turning any exception into a failure reason."""
-    t0 = time.perf_counter()
-    try:
-        ev = (evaluator.evaluate(plan, subset) if gate is None
-              else evaluator.evaluate(plan, subset, gate=gate))
-        bad = [f for f in ("metric", "energy", "size_bits")
-               if not math.isfinite(float(getattr(ev, f)))]
-        if bad:
-            raise ValueError(f"evaluator returned non-finite {', '.join(bad)}")
-    except MetricError:  # the user's metric is broken: stop the run, do not blame the candidate
-        raise
-    except (EmomcError, MemoryError, FloatingPointError) as exc:  # a plan this model cannot take
-        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:_MAX_REASON]
-        logger.debug("candidate %s failed: %s", plan.key(), reason)
-        return None, reason, time.perf_counter() - t0
-    except Exception as exc:  # noqa: BLE001 - a bug: the candidate fails, and the run says so loudly
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        reason = (f"{UNEXPECTED}{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:"
-                  f"{where.lineno})").replace("\n", " ")[:_MAX_REASON]
-        key = (type(exc).__name__, where.filename, where.lineno)
-        if key not in _WARNED:  # once per bug and process, with its traceback; every one is counted
-            _WARNED.add(key)
-            logger.warning("candidate %s failed unexpectedly", plan.key(), exc_info=True)
-        return None, reason, time.perf_counter() - t0
-    return ev, None, time.perf_counter() - t0
-
-
-def _floats(v: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(x) for x in v)
-
-
 # ---- the run ------------------------------------------------------------------------------
 class _Run:
+    """One search run: the pieces (workers, records, seeds, stopping) and the stage loop."""
+
     def __init__(self, space: SearchSpace, factory: EvaluatorFactory, config: SearchConfig,
                  store: ResultStore, progress: Callable[[ProgressEvent], None] | None,
                  seed: int) -> None:
         self.space = space
         self.codec = GenomeCodec(space)
-        self.factory = factory
         self.config = config
         self.store = store
         self.progress = progress
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        self.records: dict[str, Candidate] = {}
-        self.test: dict[str, tuple[Evaluation | None, str | None]] = {}
+        self.rng = np.random.default_rng(seed)  # the seeds' draws (pymoo gets its own seeds)
         self.history: list[HVRecord] = []
-        self.eval_wall = 0.0
-        self.eval_seconds = 0.0
-        self.backend: Backend | None = None
-        self._backend_ready = False
-        self.n_fresh = 0
-        self.n_cached = 0
-        self.n_full_fresh = 0
-        self.n_full_cached = 0
-        self.evaluator = factory()
-        # racing needs an evaluator that takes a gate (plain evaluators are measured whole)
-        params = inspect.signature(self.evaluator.evaluate).parameters
-        self.can_race = "gate" in params or any(q.kind is q.VAR_KEYWORD for q in params.values())
-        self.fp = str(self.evaluator.fingerprint())
+        self.workers = Workers(factory, cluster=config.cluster, workers=config.workers,
+                               mp_context=config.mp_context)
+        self.fp = str(self.workers.evaluator.fingerprint())
+        self.records = RunRecords(store, self.fp, self.workers, resume=config.resume,
+                                  race_z=config.race_z if config.race else None)
         cached = store.get_baseline(self.fp) if config.resume else None
         if cached is None:
-            cached = self.evaluator.baseline()
+            cached = self.workers.evaluator.baseline()
             store.put_baseline(self.fp, cached)
-            self.n_fresh += 1
+            self.records.n_fresh += 1
         self.baseline = cached
-        self.obj_search: Objectives
-        self.obj_test: Objectives
-
-    # -- evaluation plumbing --
-    def _map(self, plans: Sequence[CompressionPlan], subset: str, gate: RaceGate | None = None
-             ) -> Iterator[tuple[int, tuple[Evaluation | None, str | None, float]]]:
-        """(index, result) of every plan, in order of completion (the backend's, or in order here)."""
-        if len(plans) > 1 and not self._backend_ready:
-            self.backend = make_backend(self.config.cluster, self.config.workers, self.factory,
-                                        self.config.mp_context)
-            self._backend_ready = True
-        if self.backend is not None and len(plans) > 1:
-            yield from self.backend.map_unordered(_safe_eval, plans, subset, gate)
-        else:
-            for i, p in enumerate(plans):
-                yield i, _safe_eval(self.evaluator, p, subset, gate)
-
-    def workers_status(self) -> str | None:
-        return self.backend.status() if self.backend is not None else None
-
-    def _gate(self, stage: int) -> RaceGate | None:
-        """The racing gate for a batch: the archive as it stands before the batch (deterministic)."""
-        if not self.config.race or not self.can_race or stage == 0:
-            return None
-        rows = [c.objectives for c in self.records.values() if c.feasible and c.stage > 0 and not c.raced_out]
-        if not rows:
-            return None
-        F = np.array(rows, dtype=float)
-        archive = tuple(tuple(F[i]) for i in non_dominated(F))
-        return RaceGate(self.obj_search, archive, self.config.race_z)
-
-    def _judge(self, ev: Evaluation | None, reason: str | None
-               ) -> tuple[np.ndarray, np.ndarray, bool, str | None]:
-        F = self.obj_search.f(ev)
-        G = self.obj_search.g(ev)
-        why = self.obj_search.violation(ev, reason)
-        return F, G, why is None, why
-
-    def evaluate(self, plans: Sequence[CompressionPlan], stage: int) -> list[Candidate]:
-        """Search-subset results of plans (run cache, then store, then evaluation)."""
-        todo: list[CompressionPlan] = []
-        for p in plans:
-            k = p.key()
-            if k in self.records or any(t.key() == k for t in todo):
-                continue
-            sc = self.store.get(self.fp, k) if self.config.resume else None
-            if sc is not None:  # a row only exists once its search evaluation finished
-                reason = None if sc.search is not None else sc.reason
-                F, G, ok, why = self._judge(sc.search, reason)
-                self.records[k] = Candidate(k, p, stage, sc.search, why, _floats(F),
-                                            _floats(G), ok, 0.0, True, _raced(sc.search))
-                self.n_cached += 1
-                if sc.full is not None or sc.reason_full is not None:
-                    self.test[k] = (sc.full, sc.reason_full)
-            else:
-                todo.append(p)
-        t0 = time.perf_counter()
-        done: dict[int, Candidate] = {}
-        try:  # stored as each one finishes
-            for i, (ev, reason, secs) in self._map(todo, "search", self._gate(stage)):
-                p = todo[i]
-                F, G, ok, why = self._judge(ev, reason)
-                self.store.put_search(self.fp, p, stage, ev, feasible=ok, reason=why,
-                                      objectives=list(F), seconds=secs)
-                done[i] = Candidate(p.key(), p, stage, ev, why, _floats(F), _floats(G), ok, secs, False,
-                                    _raced(ev))
-                self.n_fresh += 1
-                self.eval_seconds += secs
-        finally:
-            for i in sorted(done):  # the run's records in plan order, whatever order they finished in
-                self.records[done[i].key] = done[i]
-            self.eval_wall += time.perf_counter() - t0
-        return [self.records[p.key()] for p in plans]
-
-    def evaluate_test(self, cands: Sequence[Candidate]) -> None:
-        """Test-split results of front members (cached in the store's ``full`` columns)."""
-        todo: list[CompressionPlan] = []
-        for c in cands:
-            if c.key in self.test:
-                self.n_full_cached += 1
-                continue
-            sc = self.store.get(self.fp, c.key) if self.config.resume else None
-            if sc is not None and (sc.full is not None or sc.reason_full is not None):
-                self.test[c.key] = (sc.full, sc.reason_full)
-                self.n_full_cached += 1
-            else:
-                todo.append(c.plan)
-        t0 = time.perf_counter()
-        for i, (ev, reason, secs) in self._map(todo, "test"):
-            p = todo[i]
-            self.store.put_full(self.fp, p, ev, reason=reason, seconds=secs)
-            self.test[p.key()] = (ev, reason)
-            self.n_fresh += 1
-            self.n_full_fresh += 1
-            self.eval_seconds += secs
-        self.eval_wall += time.perf_counter() - t0
-
-    # -- helpers --
-    def _feasible_F(self, stage: int | None = None) -> np.ndarray:
-        rows = [c.objectives for c in self.records.values()
-                if c.feasible and c.stage > 0 and not c.raced_out and (stage is None or c.stage == stage)]
-        return np.array(rows, dtype=float).reshape(len(rows), self.obj_search.n_obj)
-
-    def _best(self) -> dict[str, float]:
-        F = self._feasible_F()
-        if len(F) == 0:
-            return {}
-        return {n: float(F[:, i].min()) for i, n in enumerate(self.obj_search.names)}
-
-    def _n_evals(self) -> int:
-        return sum(1 for c in self.records.values() if c.stage > 0)
-
-    # -- initial populations --
-    def _dedupe(self, rows: list[np.ndarray], xu: np.ndarray, n: int) -> np.ndarray:
-        seen: set[bytes] = set()
-        out: list[np.ndarray] = []
-        for r in rows:
-            b = r.tobytes()
-            if b not in seen:
-                seen.add(b)
-                out.append(r)
-            if len(out) == n:
-                break
-        tries = 0
-        while len(out) < n and tries < 50 * n:
-            r = self.rng.integers(0, xu + 1).astype(np.int64)
-            tries += 1
-            if r.tobytes() not in seen:
-                seen.add(r.tobytes())
-                out.append(r)
-        return np.stack(out)
-
-    def initial_stage1(self) -> np.ndarray:
-        _, xu = self.codec.bounds(1)
-        n_g = len(self.space.groups) if self.space.kind == "full" else 0
-        rows = [xu.copy()]  # no compression
-        for lv in np.linspace(1.0, 0.0, self.config.n_uniform + 2)[1:-1]:
-            u = np.rint(lv * xu).astype(np.int64)
-            rows.append(u)
-            if n_g:
-                keep_only = xu.copy()
-                keep_only[:n_g] = u[:n_g]
-                dens_only = xu.copy()
-                dens_only[n_g:] = u[n_g:]
-                rows += [keep_only, dens_only]
-        rows = rows[: max(1, self.config.population // 2)]
-        rows += [self.rng.integers(0, xu + 1).astype(np.int64)
-                 for _ in range(self.config.population)]
-        return self._dedupe(rows, xu, self.config.population)
-
-    def initial_stage2(self) -> np.ndarray:
-        _, xu2 = self.codec.bounds(2)
-        n_l = len(self.space.layers)
-        nw, na = len(self.space.wbits), len(self.space.abits)
-        s1 = [c for c in self.records.values() if c.stage == 1 and c.feasible and not c.raced_out]
-        if s1:
-            F = np.array([c.objectives for c in s1])
-            nd = sorted(non_dominated(F), key=lambda i: (tuple(F[i]), s1[i].key))
-            archs = [self.codec.encode(s1[i].plan, 1) for i in nd]
-        else:
-            archs = [self.codec.bounds(1)[1].copy()]
-        P = self.config.population
-        if len(archs) > P:
-            archs = [archs[int(i)] for i in np.rint(np.linspace(0, len(archs) - 1, P))]
-        pairs = [(w, a) for w in reversed(range(nw)) for a in reversed(range(na))]
-        rows: list[np.ndarray] = []
-        # the most accurate stage-1 architecture at every uniform weight width (widest activations):
-        # the uniform-quantization points a user would try first are always in the population
-        for w_level in reversed(range(nw)):
-            rows.append(self.codec.extend(archs[0], np.full(n_l, w_level), np.full(n_l, na - 1)))
-        # then every front architecture at every uniform (weight, activation) width, in a random
-        # order: small architectures at low widths are often the best trade-offs, and NSGA-II's
-        # crossover of such parents makes the per-layer mixed precision from there
-        # Each architecture also comes without its fine-grained sparsity: at low bit widths the
-        # sparse index costs more than the zeros save, which stage 1 (float) cannot see.
-        dense = [self.codec.dense(arch) for arch in archs]
-        combos = [(arch, w, a) for arch in archs + dense for w, a in pairs]
-        for i in self.rng.permutation(len(combos)):
-            arch, w, a = combos[int(i)]
-            rows.append(self.codec.extend(arch, np.full(n_l, w), np.full(n_l, a)))
-        # a first generation of several populations' worth (NSGA-II keeps the best P of it)
-        return self._dedupe(rows, xu2, STAGE2_SEED_POPULATIONS * P)
 
     # -- one stage --
     def stage(self, stage: int, X0: np.ndarray, eval_budget: int | None,
-              deadline: float | None, seed: int) -> str:
+              time_left_s: float | None, seed: int) -> str:
+        """NSGA-II from ``X0`` until the stage's termination; returns why it stopped."""
         cfg = self.config
+        why = exhausted(eval_budget, time_left_s)
+        if why is not None:
+            return why
         _, xu = self.codec.bounds(stage)
-        problem = make_problem(len(xu), xu, self.obj_search)
+        problem = make_problem(len(xu), xu, self.records.objectives)
         algorithm = NSGA2(
             pop_size=cfg.population,
             sampling=X0,
@@ -579,59 +293,51 @@ class _Run:
             mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
             eliminate_duplicates=True,
         )
-        algorithm.setup(problem, termination=("n_gen", 10**9), seed=seed, verbose=False)
-        if cfg.schedule == "steady":
-            from emomc_onnx.search.steady import run_steady_stage
-
+        termination = stage_termination(cfg.generations, eval_budget, time_left_s)
+        algorithm.setup(problem, termination=termination, seed=seed, verbose=False)
+        if cfg.schedule == "steady":  # one candidate at a time, every worker kept busy
+            deadline = None if time_left_s is None else time.monotonic() + time_left_s
             return run_steady_stage(self, stage, algorithm, problem, eval_budget, deadline)
-        used = 0
-        for gen in range(cfg.generations):
-            if deadline is not None and time.monotonic() >= deadline:
-                return "time_budget"
-            remaining = None if eval_budget is None else eval_budget - used
-            if remaining is not None and remaining <= 0:
-                return "max_evaluations"
+        gen = 0
+        while algorithm.has_next():
             pop = algorithm.ask()
             if pop is None or len(pop) == 0:
                 return "space_exhausted"
             X = np.rint(pop.get("X")).astype(np.int64)
             plans = [self.codec.decode(x, stage) for x in X]
-            if remaining is not None:
-                new: set[str] = set()
-                cut = len(plans)
-                for i, p in enumerate(plans):
-                    if p.key() not in self.records:
-                        new.add(p.key())
-                        if len(new) > remaining:
-                            cut = i
-                            break
-                if cut < len(plans):
-                    pop, plans = pop[:cut], plans[:cut]
-            before = self._n_evals()
-            cands = self.evaluate(plans, stage)
-            used += self._n_evals() - before
+            if eval_budget is not None:  # no more new candidates than the budget has left
+                cut = _within(plans, self.records.records, eval_budget - algorithm.evaluator.n_eval)
+                pop, plans = pop[:cut], plans[:cut]
+            before = self.records.n_evals()
+            cands = self.records.evaluate(plans, stage)
             F = np.array([c.objectives for c in cands], dtype=float)
             G = np.array([c.constraints for c in cands], dtype=float)
-            PymooEvaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+            algorithm.evaluator.eval(StaticProblem(problem, F=F, G=G), pop, count_evals=False)
+            algorithm.evaluator.n_eval += self.records.n_evals() - before  # distinct new candidates
             algorithm.tell(infills=pop)
-            rec = HVRecord(stage, gen, self._n_evals(),
-                           hypervolume(self._feasible_F(), self.obj_search.n_obj),
-                           hypervolume(self._feasible_F(stage), self.obj_search.n_obj))
-            self.history.append(rec)
-            self.store.put_hv(self.fp, rec)
-            logger.info("stage %d gen %d: %d evaluations, hv %.4f", stage, gen,
-                        rec.n_evaluations, rec.hv)
-            if self.progress is not None:
-                self.progress(ProgressEvent(stage, gen, cfg.generations, rec.n_evaluations,
-                                            cfg.max_evaluations, self._best(), rec.hv,
-                                            workers=self.workers_status()))
-        return "generations"
+            self.checkpoint(stage, gen)
+            gen += 1
+        return stop_reason(termination)
+
+    def checkpoint(self, stage: int, gen: int) -> None:
+        """After a generation: its hypervolume record (history and store), log and progress."""
+        F = self.records.feasible_F()
+        n_obj = self.records.objectives.n_obj
+        rec = HVRecord(stage, gen, self.records.n_evals(), hypervolume(F, n_obj),
+                       hypervolume(self.records.feasible_F(stage), n_obj))
+        self.history.append(rec)
+        self.store.put_hv(self.fp, rec)
+        logger.info("stage %d gen %d: %d evaluations, hv %.4f", stage, gen, rec.n_evaluations, rec.hv)
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, gen, self.config.generations, rec.n_evaluations,
+                                        self.config.max_evaluations, self.records.best(), rec.hv,
+                                        workers=self.workers.status()))
 
     def final_front(self) -> list[FrontMember]:
         """The non-dominated set on the search split, each member then measured on the test split."""
         from emomc_onnx.evaluate.stats import drop_gap
 
-        feas = [c for c in self.records.values() if c.feasible and c.stage > 0 and not c.raced_out]
+        feas = [c for c in self.records.searched() if c.feasible and not c.raced_out]
         if not feas:
             return []
         F = np.array([c.objectives for c in feas], dtype=float)
@@ -640,10 +346,10 @@ class _Run:
         for c in front:  # identical figures: keep one (the smallest key)
             if not cands or cands[-1].objectives != c.objectives:
                 cands.append(c)
-        self.evaluate_test(cands)
+        self.records.evaluate_test(cands)
         members: list[FrontMember] = []
         for c in cands:
-            ev, reason = self.test[c.key]
+            ev, reason = self.records.test[c.key]
             if ev is None or c.search is None:  # ran on the search split, failed on the test split
                 logger.warning("front candidate %s failed on the test split: %s", c.key, reason)
                 self.store.set_feasible(self.fp, c.key, False, f"test split: {reason}")
@@ -651,12 +357,19 @@ class _Run:
             why = self.obj_test.violation(ev, reason)
             gap = drop_gap((c.search.extra or {}).get("stats"), (ev.extra or {}).get("stats"))
             members.append(FrontMember(c.key, c.plan, c.stage, c.search, ev, c.objectives,
-                                       _floats(self.obj_test.f(ev)), why, gap))
+                                       tuple(float(v) for v in self.obj_test.f(ev)), why, gap))
         return members
 
 
-def _raced(ev: Evaluation | None) -> bool:
-    return bool(ev is not None and ev.extra and ev.extra.get("raced_out"))
+def _within(plans: Sequence[CompressionPlan], seen: Mapping[str, Any], remaining: int) -> int:
+    """How many leading plans hold at most ``remaining`` plans not in ``seen`` (distinct)."""
+    new: set[str] = set()
+    for i, p in enumerate(plans):
+        if p.key() not in seen:
+            new.add(p.key())
+            if len(new) > remaining:
+                return i
+    return len(plans)
 
 
 def run_search(
@@ -683,54 +396,61 @@ def run_search(
     """
     t_start = time.monotonic()
     run = _Run(space, evaluator_factory, config, store, progress, seed)
+    records = run.records
     stop: dict[int, str] = {}
     interrupted = False
     try:
         # Baseline on the search split: the reference for the accuracy-drop constraint
         # during the search (with a noise margin); the test split's judges the front.
         empty = CompressionPlan.empty()
-        run.obj_search = Objectives(config.objectives, run.baseline, config.max_accuracy_drop)
-        run.obj_test = run.obj_search
-        base_s = run.evaluate([empty], 0)[0]
+        run.obj_test = records.objectives = Objectives(config.objectives, run.baseline,
+                                                       config.max_accuracy_drop)
+        base_s = records.evaluate([empty], 0)[0]
         if base_s.search is None:
             raise PlanError(f"the unmodified model fails to evaluate: {base_s.reason}")
-        run.obj_search = Objectives(
+        records.objectives = Objectives(
             config.objectives,
             dataclasses.replace(run.baseline, metric=base_s.search.metric),
             config.max_accuracy_drop, noise_z=config.drop_noise_z)
         seeds = np.random.SeedSequence(seed).generate_state(2)
-        budget1 = budget2 = None
+        budget1 = None
         if config.max_evaluations is not None:
             budget1 = max(1, int(config.max_evaluations * config.stage1_share))
-        dl1 = dl2 = None
-        if config.time_budget_s is not None:
-            dl1 = t_start + config.time_budget_s * config.stage1_share
-            dl2 = t_start + config.time_budget_s
+
+        def time_left(share: float) -> float | None:
+            if config.time_budget_s is None:
+                return None
+            return t_start + config.time_budget_s * share - time.monotonic()
+
         try:
-            stop[1] = run.stage(1, run.initial_stage1(), budget1, dl1, int(seeds[0]))
+            X1 = initial_stage1(run.codec, config.population, config.n_uniform, run.rng)
+            stop[1] = run.stage(1, X1, budget1, time_left(config.stage1_share), int(seeds[0]))
+            budget2 = None
             if config.max_evaluations is not None:
-                budget2 = config.max_evaluations - run._n_evals()
-            stop[2] = run.stage(2, run.initial_stage2(), budget2, dl2, int(seeds[1]))
+                budget2 = config.max_evaluations - records.n_evals()
+            stage1 = [c for c in records.searched() if c.stage == 1]
+            X2 = initial_stage2(run.codec, config.population, stage1, run.rng)
+            stop[2] = run.stage(2, X2, budget2, time_left(1.0), int(seeds[1]))
         except KeyboardInterrupt:
             interrupted = True
             logger.warning("search interrupted: computing the front of what was evaluated")
-        if progress is not None:
-            progress(ProgressEvent(0, 0, 0, run._n_evals(), config.max_evaluations,
-                                   run._best(), run.history[-1].hv if run.history else 0.0,
-                                   phase="front", workers=run.workers_status()))
+
+        def report(phase: str) -> None:
+            if progress is not None:
+                progress(ProgressEvent(0, 0, 0, records.n_evals(), config.max_evaluations, records.best(),
+                                       run.history[-1].hv if run.history else 0.0, phase=phase,
+                                       workers=run.workers.status() if phase == "front" else None))
+
+        report("front")
         front = run.final_front()
-        if progress is not None:
-            progress(ProgressEvent(0, 0, 0, run._n_evals(), config.max_evaluations,
-                                   run._best(), run.history[-1].hv if run.history else 0.0,
-                                   phase="final"))
+        report("final")
     finally:
-        if run.backend is not None:
-            run.backend.close()
+        run.workers.close()
     # hypervolume reached after each stage: stage 1's candidates, then stages 1 and 2 together
-    stage_hv = {1: hypervolume(run._feasible_F(1), run.obj_search.n_obj),
-                2: hypervolume(run._feasible_F(), run.obj_search.n_obj)}
-    front_F = np.array([m.objectives_search for m in front], dtype=float).reshape(
-        len(front), run.obj_search.n_obj)
+    n_obj = records.objectives.n_obj
+    stage_hv = {1: hypervolume(records.feasible_F(1), n_obj), 2: hypervolume(records.feasible_F(), n_obj)}
+    front_F = np.array([m.objectives_search for m in front], dtype=float).reshape(len(front), n_obj)
+    searched = records.searched()
     return SearchResult(
         fingerprint=run.fp,
         space=space,
@@ -741,19 +461,19 @@ def run_search(
         front=tuple(front),
         history=tuple(run.history),
         stage_hv=stage_hv,
-        front_hv=hypervolume(front_F, run.obj_search.n_obj),
-        candidates=tuple(c for c in run.records.values() if c.stage > 0),
-        n_evaluations=run._n_evals(),
-        n_fresh=run.n_fresh,
-        n_cached=run.n_cached,
+        front_hv=hypervolume(front_F, n_obj),
+        candidates=tuple(searched),
+        n_evaluations=len(searched),
+        n_fresh=records.n_fresh,
+        n_cached=records.n_cached,
         stop_reasons=stop,
         interrupted=interrupted,
         elapsed_s=time.monotonic() - t_start,
-        eval_wall_s=run.eval_wall,
-        eval_seconds=run.eval_seconds,
-        n_search_fresh=sum(1 for c in run.records.values() if c.stage > 0 and not c.cached),
-        n_search_cached=sum(1 for c in run.records.values() if c.stage > 0 and c.cached),
-        n_full_fresh=run.n_full_fresh,
-        n_full_cached=run.n_full_cached,
-        n_raced_out=sum(1 for c in run.records.values() if c.raced_out),
+        eval_wall_s=records.eval_wall,
+        eval_seconds=records.eval_seconds,
+        n_search_fresh=sum(1 for c in searched if not c.cached),
+        n_search_cached=sum(1 for c in searched if c.cached),
+        n_full_fresh=records.n_full_fresh,
+        n_full_cached=records.n_full_cached,
+        n_raced_out=sum(1 for c in searched if c.raced_out),
     )

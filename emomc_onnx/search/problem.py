@@ -24,7 +24,7 @@ from pymoo.core.problem import Problem
 from emomc_onnx.errors import PlanError
 from emomc_onnx.search.evaluator import Evaluation
 
-__all__ = ["OBJECTIVES", "Objectives", "FAILED_COST", "make_problem"]
+__all__ = ["FAILED_COST", "OBJECTIVES", "Objectives", "make_problem"]
 
 OBJECTIVES = ("error", "energy", "size")
 FAILED_COST = 10.0  # normalised cost given to a failed candidate (any value >= 1 works)

@@ -22,10 +22,7 @@ from typing import Any
 import numpy as np
 from pymoo.core.population import Population
 
-from emomc_onnx.search.backends import InlineStream, Stream, make_backend
-from emomc_onnx.search.driver import Candidate, ProgressEvent, _floats, _raced, _safe_eval
-from emomc_onnx.search.hypervolume import hypervolume
-from emomc_onnx.search.store import HVRecord
+from emomc_onnx.search.workers import safe_eval
 
 __all__ = ["SCHEDULES", "SteadyNSGA2", "run_steady_stage"]
 
@@ -74,42 +71,6 @@ class SteadyNSGA2:
                                         algorithm=self.alg, random_state=self.alg.random_state)
 
 
-def _stream(run: Any) -> tuple[Stream, int]:
-    """The run's backend as a stream, and how many candidates keep its workers busy."""
-    if not run._backend_ready:
-        run.backend = make_backend(run.config.cluster, run.config.workers, run.factory, run.config.mp_context)
-        run._backend_ready = True
-    if run.backend is None:
-        return InlineStream(_safe_eval, run.evaluator), 1
-    return run.backend.stream(_safe_eval), run.backend.slots()
-
-
-def _record(run: Any, plan: Any, stage: int, result: tuple) -> Candidate:
-    """Store a finished candidate and add it to the run's records (as the generational
-    ``_Run.evaluate`` does for each result of a batch)."""
-    ev, reason, secs = result
-    F, G, ok, why = run._judge(ev, reason)
-    run.store.put_search(run.fp, plan, stage, ev, feasible=ok, reason=why, objectives=list(F), seconds=secs)
-    cand = Candidate(plan.key(), plan, stage, ev, why, _floats(F), _floats(G), ok, secs, False, _raced(ev))
-    run.records[cand.key] = cand
-    run.n_fresh += 1
-    run.eval_seconds += secs
-    return cand
-
-
-def _checkpoint(run: Any, stage: int, gen: int) -> None:
-    """A hypervolume record and a progress line (every ``population`` results)."""
-    rec = HVRecord(stage, gen, run._n_evals(), hypervolume(run._feasible_F(), run.obj_search.n_obj),
-                   hypervolume(run._feasible_F(stage), run.obj_search.n_obj))
-    run.history.append(rec)
-    run.store.put_hv(run.fp, rec)
-    logger.info("stage %d gen %d (steady): %d evaluations, hv %.4f", stage, gen, rec.n_evaluations, rec.hv)
-    if run.progress is not None:
-        cfg = run.config
-        run.progress(ProgressEvent(stage, gen, cfg.generations, rec.n_evaluations, cfg.max_evaluations,
-                                   run._best(), rec.hv, workers=run.workers_status()))
-
-
 def run_steady_stage(run: Any, stage: int, algorithm: Any, problem: Any, eval_budget: int | None,
                      deadline: float | None) -> str:
     """One stage of the search, steady-state; returns why it stopped (as the generational stage).
@@ -127,7 +88,7 @@ def run_steady_stage(run: Any, stage: int, algorithm: Any, problem: Any, eval_bu
     cap, why_cap = len(initial) + (cfg.generations - 1) * P, "generations"
     if eval_budget is not None and eval_budget <= cap:
         cap, why_cap = eval_budget, "max_evaluations"
-    stream, slots = _stream(run)
+    stream, slots = run.workers.stream(safe_eval)
     inflight: set[str] = set()
     used = told = misses = 0
     stop: str | None = None
@@ -148,7 +109,7 @@ def run_steady_stage(run: Any, stage: int, algorithm: Any, problem: Any, eval_bu
                     break  # wait for a result (too few evaluated to mate yet)
                 plan = run.codec.decode(x, stage)
                 key = plan.key()
-                if key in run.records or key in inflight:
+                if key in run.records.records or key in inflight:
                     misses += 1
                     if misses >= MAX_MISSES:
                         if not len(stream):
@@ -160,28 +121,28 @@ def run_steady_stage(run: Any, stage: int, algorithm: Any, problem: Any, eval_bu
                 used += 1
                 stored = run.store.get(run.fp, key) if cfg.resume else None
                 if stored is not None:  # a resumed run: read, not evaluated (counts like a fresh one)
-                    cand = run.evaluate([plan], stage)[0]
+                    cand = run.records.evaluate([plan], stage)[0]
                     engine.tell(x, cand.objectives, cand.constraints)
                     told += 1
                     if told % P == 0:
-                        _checkpoint(run, stage, told // P - 1)
+                        run.checkpoint(stage, told // P - 1)
                     continue
-                stream.submit((x, plan), plan, "search", run._gate(stage))
+                stream.submit((x, plan), plan, "search", run.records.gate(stage))
                 inflight.add(key)
             if not len(stream):
                 break
             (x, plan), result = stream.next()
             inflight.discard(plan.key())
-            cand = _record(run, plan, stage, result)
+            cand = run.records.record(plan, stage, result)
+            run.records.records[cand.key] = cand
             engine.tell(x, cand.objectives, cand.constraints)
             told += 1
             if told % P == 0:
-                _checkpoint(run, stage, told // P - 1)
-                if run.backend is not None:  # workers that joined (or left) a cluster since
-                    slots = run.backend.slots()
+                run.checkpoint(stage, told // P - 1)
+                slots = run.workers.slots()  # workers that joined (or left) a cluster since
     finally:
         stream.close()
-        run.eval_wall += time.perf_counter() - t0
+        run.records.eval_wall += time.perf_counter() - t0
     if told % P:
-        _checkpoint(run, stage, told // P)
+        run.checkpoint(stage, told // P)
     return stop or why_cap

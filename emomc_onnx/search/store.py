@@ -24,7 +24,7 @@ from emomc_onnx.errors import DataError, DiskFullError, StoreError
 from emomc_onnx.search.evaluator import Evaluation
 from emomc_onnx.search.space import CompressionPlan
 
-__all__ = ["ResultStore", "StoredCandidate", "HVRecord", "STORE_NAME"]
+__all__ = ["STORE_NAME", "HVRecord", "ResultStore", "StoredCandidate"]
 
 logger = logging.getLogger(__name__)
 

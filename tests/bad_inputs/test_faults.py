@@ -189,7 +189,7 @@ def test_metric_error_travels_back_from_a_worker_whole() -> None:
     import pickle
 
     from emomc_onnx.errors import EmomcError, MetricError
-    from emomc_onnx.search.driver import _safe_eval
+    from emomc_onnx.search.workers import safe_eval as _safe_eval
 
     err = pickle.loads(pickle.dumps(MetricError("--metric m:f raised KeyError", "Traceback ...")))
     assert isinstance(err, EmomcError) and str(err) == "--metric m:f raised KeyError"

@@ -132,7 +132,7 @@ class BuggyFactory:
 def test_unexpected_errors_are_counted_and_logged(tmp_path: Path, caplog) -> None:
     """A bug in an evaluator is not silently an infeasible candidate: its reason says so, the result
     counts it and the log carries its traceback (once per bug)."""
-    with caplog.at_level(logging.WARNING, logger="emomc_onnx.search.driver"):
+    with caplog.at_level(logging.WARNING, logger="emomc_onnx.search.workers"):
         r = _run(tmp_path, factory=BuggyFactory())
     bugs = r.unexpected_failures()
     assert bugs and all(b.startswith("unexpected TypeError") and "test_driver.py:" in b for b in bugs)
