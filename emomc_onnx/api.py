@@ -192,6 +192,7 @@ def compress(
     ort_threads: int = 1,
     recovery: str = "lsq",
     overwrite: bool = False,
+    surrogate: bool = True,
 ):
     """Run the two-stage search and export the front; returns (result, entries, evaluator).
 
@@ -231,7 +232,7 @@ def compress(
     sconfig = SearchConfig(objectives=tuple(objectives), population=population, generations=generations,
                            max_evaluations=max_evaluations, time_budget_s=time_budget_s,
                            max_accuracy_drop=max_accuracy_drop, workers=workers, resume=resume,
-                           cluster=cluster or None)
+                           cluster=cluster or None, surrogate=surrogate, predicted_seeds=surrogate)
     try:
         with locked(out):
             check_front_owner(out, evaluator, overwrite=overwrite)

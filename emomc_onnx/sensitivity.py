@@ -20,14 +20,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from emomc_onnx.analysis.ops import compute_op, out_in_matrix
 from emomc_onnx.search.space import CompressionPlan
 
-__all__ = ["SensitivityRow", "SensitivityReport", "measure_sensitivity", "DEFAULT_SETTINGS", "KINDS"]
+__all__ = ["SensitivityRow", "SensitivityReport", "measure_sensitivity", "one_change_plans", "DEFAULT_SETTINGS",
+           "KINDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,13 @@ def _fmt(v: float) -> str:
 
 
 def _plans(evaluator, space, settings: dict[str, Sequence[float]]) -> list[tuple[str, str, float, CompressionPlan]]:
+    return one_change_plans(space, settings)
+
+
+def one_change_plans(space, settings: Mapping[str, Sequence[float]]) -> list[tuple[str, str, float, CompressionPlan]]:
+    """``(target, kind, value, plan)`` of every one-change plan of ``settings`` (kind -> values):
+    a layer's weight bits, activation bits or density, or a prunable group's keep ratio, the
+    rest unchanged. The search measures the same plans (same keys) for its predictor."""
     from emomc_onnx.passes.channel_pruning import round_keep
 
     out = []
