@@ -109,12 +109,13 @@ def _search_window(db: Path) -> dict[str, float]:
 
 
 def demo_run(kind: str, workers: int, schedule: str, args: argparse.Namespace) -> dict:
-    from emomc_onnx.candidate import make_space
     from emomc_onnx.search.driver import SearchConfig, run_search
+    from emomc_onnx.search.space import make_space
     from emomc_onnx.search.store import ResultStore
 
     factory = _common.demo_evaluator_factory(eval_samples=args.eval_samples)
-    space = make_space(factory())
+    ev = factory()
+    space = make_space(ev.analysis, ev.profile)
     with _where(kind, workers) as where, tempfile.TemporaryDirectory() as tmp:
         cfg = SearchConfig(population=args.population, generations=1000, max_evaluations=args.evaluations,
                            stage1_share=args.stage1_share, resume=False, schedule=schedule, **where)

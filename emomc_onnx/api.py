@@ -207,6 +207,7 @@ def compress(
     recovery: str = "lsq",
     overwrite: bool = False,
     schedule: str = "generational",
+    surrogate: bool = True,
 ):
     """Run the two-stage search and export the front; returns (result, entries, evaluator).
 
@@ -242,7 +243,8 @@ def compress(
     sconfig = SearchConfig(objectives=tuple(objectives), population=population, generations=generations,
                            max_evaluations=max_evaluations, time_budget_s=time_budget_s,
                            max_accuracy_drop=max_accuracy_drop, workers=workers, resume=resume,
-                           cluster=cluster or None, schedule=schedule)
+                           cluster=cluster or None, schedule=schedule, surrogate=surrogate,
+                           predicted_seeds=surrogate)
     try:
         with locked(out):
             check_front_owner(out, evaluator, overwrite=overwrite)

@@ -361,6 +361,10 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
               help="Training-free recovery of pruned candidates.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Reuse candidates already evaluated in OUTDIR/results.sqlite.")
+@click.option("--surrogate/--no-surrogate", default=True, show_default=True,
+              help="Probe each layer and group alone first, predict candidates from that, evaluate only "
+                   "offspring that may be non-dominated and seed stage 2 with integer programs on the "
+                   "predictor (--no-surrogate: plain NSGA-II, no probes).")
 @click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True,
               help="Seed of the search (same seed, same front); not of the data split.")
 @click.option("--finetune", "do_finetune", is_flag=True,
@@ -377,7 +381,7 @@ def profile(model, demo, profile_name, dataflow, coding, compare, batch, as_json
 def compress(model, demo, profile_name, data, outdir, overwrite, space, objectives, max_accuracy_drop,
              generations, population, max_evaluations, time_budget, calib_samples, eval_samples, test_samples,
              test_data, split_seed, metric, dataflow, coding, workers, cluster, schedule, ort_threads, recovery, resume,
-             seed, do_finetune, finetune_data, finetune_epochs, finetune_time_budget, input_shapes) -> None:
+             surrogate, seed, do_finetune, finetune_data, finetune_epochs, finetune_time_budget, input_shapes) -> None:
     """Search the Pareto front of accuracy vs energy vs size and write it as ONNX files."""
     from emomc_onnx import api
     from emomc_onnx.export.summary import render_summary
@@ -395,7 +399,7 @@ def compress(model, demo, profile_name, data, outdir, overwrite, space, objectiv
                 test_data=test_data, split_seed=split_seed, metric=metric, dataflow=dataflow,
                 coding=coding, workers=workers, resume=resume, seed=seed, input_shapes=input_shapes,
                 progress=bar.update, recovery=recovery, overwrite=overwrite, cluster=cluster,
-                ort_threads=ort_threads, schedule=schedule,
+                ort_threads=ort_threads, schedule=schedule, surrogate=surrogate,
             )
     except DiskFullError as exc:
         raise DiskFullError(f"{exc}; the run is resumable: free some space, then {RESUME_HINT}") from None

@@ -18,6 +18,7 @@ class SearchProgress:
             TextColumn("{task.fields[evals]}"),
             TextColumn("{task.fields[best]}"),
             TextColumn("HV {task.fields[hv]}"),
+            TextColumn("{task.fields[tau]}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -27,7 +28,7 @@ class SearchProgress:
     def __enter__(self) -> SearchProgress:
         self._progress.__enter__()
         self._task = self._progress.add_task("search", total=None, what="starting", evals="", best="",
-                                             hv="-")
+                                             hv="-", tau="")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -49,4 +50,5 @@ class SearchProgress:
         self._progress.update(
             self._task, completed=event.n_evaluations, total=total, what=what, evals=evals,
             best=best, hv=f"{event.hv:.4f}",
+            tau="" if getattr(event, "tau", None) is None else f"predictor tau {event.tau:.2f}",
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import kendalltau
@@ -32,7 +32,8 @@ from emomc_onnx.passes.recovery import lsq_rows
 from emomc_onnx.passes.sparsity import magnitude_mask
 from emomc_onnx.search.space import CompressionPlan
 
-__all__ = ["DEFAULT_SETTINGS", "KINDS", "SensitivityReport", "SensitivityRow", "measure_sensitivity"]
+__all__ = ["DEFAULT_SETTINGS", "KINDS", "SensitivityReport", "SensitivityRow", "measure_sensitivity",
+           "one_change_plans"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,13 @@ def _fmt(v: float) -> str:
 
 
 def _plans(evaluator, space, settings: dict[str, Sequence[float]]) -> list[tuple[str, str, float, CompressionPlan]]:
+    return one_change_plans(space, settings)
+
+
+def one_change_plans(space, settings: Mapping[str, Sequence[float]]) -> list[tuple[str, str, float, CompressionPlan]]:
+    """``(target, kind, value, plan)`` of every one-change plan of ``settings`` (kind -> values):
+    a layer's weight bits, activation bits or density, or a prunable group's keep ratio, the
+    rest unchanged. The search measures the same plans (same keys) for its predictor."""
     out = []
     for lay in space.layers:
         for b in settings.get("wbits", ()):

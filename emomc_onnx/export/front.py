@@ -231,6 +231,8 @@ def export_front(
             "front": result.front_hv,
         },
         "n_evaluations": result.n_evaluations,
+        "n_probes": result.n_probes,
+        "screens": list(result.screens),
         "n_raced_out": result.n_raced_out,
         "interrupted": result.interrupted,
         "stop_reasons": {str(k): v for k, v in result.stop_reasons.items()},

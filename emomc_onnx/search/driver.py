@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,9 +48,11 @@ from emomc_onnx.errors import PlanError
 from emomc_onnx.search.evaluator import Evaluation, EvaluatorFactory
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import hypervolume, non_dominated
+from emomc_onnx.search.predictor import Predictor, Prior, kendall_tau, probe_settings
 from emomc_onnx.search.problem import OBJECTIVES, Objectives, make_problem
 from emomc_onnx.search.records import Candidate, RaceGate, RunRecords
-from emomc_onnx.search.seeding import initial_stage1, initial_stage2
+from emomc_onnx.search.screening import Screening, best_predicted
+from emomc_onnx.search.seeding import initial_stage1, initial_stage2, milp_seeds, uniform_genomes
 from emomc_onnx.search.space import CompressionPlan, SearchSpace
 from emomc_onnx.search.steady import run_steady_stage
 from emomc_onnx.search.stopping import exhausted, stage_termination, stop_reason
@@ -68,6 +70,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+MILP_DROPS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # points of error above the original's (milp_seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,18 @@ class SearchConfig:
             ``max_accuracy_drop`` during the search (the test split judges with none).
         schedule: "generational" (a batch per generation) or "steady" (steady-state NSGA-II:
             each result told as it arrives, every worker kept busy; ``search/steady.py``).
+        surrogate: probe every gene alone (the sensitivity table's one-change plans, counted
+            in ``max_evaluations``), predict each candidate's objectives from its genes
+            (:mod:`~emomc_onnx.search.predictor`) and evaluate only the offspring that may be
+            non-dominated (:mod:`~emomc_onnx.search.screening`).
+        offspring_factor: with ``surrogate``, NSGA-II proposes this many offspring per
+            candidate a generation evaluates (``population``).
+        random_share: with ``surrogate``, the share of each generation's evaluations given to
+            offspring drawn at random from the screened-out ones.
+        predicted_seeds: stage 2's first generation also holds the cheapest genomes whose
+            predicted error stays below several levels (integer programs on the predictor) and
+            the uniform settings (same keep fraction, density and bits everywhere) the
+            predictor ranks best.
     """
 
     objectives: tuple[str, ...] = OBJECTIVES
@@ -112,6 +128,10 @@ class SearchConfig:
     drop_noise_z: float = 1.0
     cluster: str | None = None
     schedule: str = "generational"
+    surrogate: bool = True
+    offspring_factor: int = 4
+    random_share: float = 0.25
+    predicted_seeds: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -132,6 +152,15 @@ class SearchConfig:
                             f"got {self.mp_context!r}")
         if self.schedule not in ("generational", "steady"):
             raise PlanError(f"schedule must be generational or steady, got {self.schedule!r}")
+        if self.offspring_factor < 1:
+            raise PlanError(f"offspring_factor must be >= 1, got {self.offspring_factor}")
+        if not 0.0 <= self.random_share <= 1.0:
+            raise PlanError(f"random_share must be in [0, 1], got {self.random_share}")
+
+    @property
+    def probes(self) -> bool:
+        """The run measures the sensitivity probes (the predictor needs them)."""
+        return self.surrogate or self.predicted_seeds
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -180,6 +209,7 @@ class ProgressEvent:
     hv: float
     phase: str = "search"
     workers: str | None = None  # e.g. "2 workers up" on a Dask cluster
+    tau: float | None = None  # the predictor's Kendall tau on the generation's new candidates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +240,9 @@ class SearchResult:
     n_full_fresh: int = 0
     n_full_cached: int = 0
     n_raced_out: int = 0
+    n_probes: int = 0
+    screens: tuple[dict[str, int], ...] = ()  # per screened generation: stage, generation, proposed,
+    # promising (may be non-dominated), random (of the screened-out), evaluated (new candidates)
 
     def counts_line(self) -> str:
         """What was evaluated, in counts that add up (for the CLI's summary)."""
@@ -217,8 +250,9 @@ class SearchResult:
         search = (f"{self.n_evaluations} candidates searched ({self.n_search_fresh} evaluated now, "
                   f"{self.n_search_cached} read from results.sqlite) in {self.elapsed_s:.1f} s")
         raced = f"; {self.n_raced_out} searched candidates stopped after the racing samples" if self.n_raced_out else ""
+        probes = f"; {self.n_probes} sensitivity probes before the search" if self.n_probes else ""
         front = (f"{n_full} front candidates measured on the test split ({self.n_full_fresh} now, "
-                 f"{self.n_full_cached} read), {len(self.front)} kept{raced}; front hypervolume "
+                 f"{self.n_full_cached} read), {len(self.front)} kept{raced}{probes}; front hypervolume "
                  f"{self.front_hv:.4f} (search split)")
         return f"{search}\n{front}" + (" (interrupted: partial front)" if self.interrupted else "")
 
@@ -275,6 +309,88 @@ class _Run:
             store.put_baseline(self.fp, cached)
             self.records.n_fresh += 1
         self.baseline = cached
+        self.predictor: Predictor | None = None
+        self.screening: Screening | None = None
+        self.n_probes = 0
+        self.screens: list[dict[str, int]] = []
+        self.rng_screen = np.random.default_rng(np.random.SeedSequence(seed).generate_state(3)[2])
+
+    # -- the predictor --
+    def probe(self, eval_budget: int | None, time_budget_s: float | None, base_s: float) -> None:
+        """Measure every gene alone (the sensitivity table's one-change plans) and build the
+        predictor on them; skipped when they would take more than a third of the evaluation
+        budget, or (at ``base_s`` seconds each, the unmodified model's) of the time budget."""
+        from emomc_onnx.sensitivity import one_change_plans
+
+        rows = one_change_plans(self.space, probe_settings(self.space))
+        why = None
+        if eval_budget is not None and 3 * len(rows) > eval_budget:
+            why = f"more than a third of {eval_budget} evaluations"
+        elif time_budget_s is not None and 3 * len(rows) * base_s / self.config.workers > time_budget_s:
+            why = f"more than a third of the {time_budget_s:g} s budget"
+        if why is not None:
+            logger.warning("%d sensitivity probes would take %s: the search runs without its predictor",
+                           len(rows), why)
+            return
+        cands = self.records.evaluate([p for *_, p in rows], 0)
+        self.n_probes = len({c.key for c in cands})
+        base = self.records.records[CompressionPlan.empty().key()]
+        measured = [(t, k, v, None if c.search is None or c.raced_out else np.asarray(c.objectives))
+                    for (t, k, v, _), c in zip(rows, cands)]
+        prior = Prior.from_probes(self.space, self.records.objectives.names, np.asarray(base.objectives),
+                                  measured)
+        self.predictor = Predictor(prior)
+        self.fit()
+        if self.config.surrogate:
+            obj = self.records.objectives
+            max_error = None
+            if obj.max_accuracy_drop is not None and "error" in obj.names:
+                max_error = base.objectives[obj.names.index("error")] + obj.max_accuracy_drop / 100.0
+            self.screening = Screening(self.predictor, self.config.random_share, max_error=max_error)
+        logger.info("predictor: %d sensitivity probes over %d genes", self.n_probes, len(self.space.genes()))
+
+    def fit(self) -> None:
+        """Refit the predictor on every candidate measured so far (probes included)."""
+        if self.predictor is None:
+            return
+        ran = [c for c in self.records.records.values() if c.search is not None]
+        self.predictor.fit([c.plan for c in ran], np.array([c.objectives for c in ran], dtype=float))
+
+    def predicted_seeds(self) -> list[np.ndarray]:
+        """Stage-2 seeds from the predictor (none without ``predicted_seeds``): the integer
+        programs' genomes (predicted error at most the original's plus each of ``MILP_DROPS``
+        within ``max_accuracy_drop``), then the ``population`` uniform settings it ranks best."""
+        if not self.config.predicted_seeds or self.predictor is None:
+            return []
+        obj = self.records.objectives
+        seeds: list[np.ndarray] = []
+        if "error" in obj.names:
+            base = self.records.records[CompressionPlan.empty().key()].objectives[obj.names.index("error")]
+            limit = obj.max_accuracy_drop
+            levels = [base + d / 100.0 for d in MILP_DROPS if limit is None or d <= limit]
+            seeds = milp_seeds(self.codec, self.predictor, levels)
+        n_milp = len(seeds)
+        uniform = uniform_genomes(self.codec)
+        plans = [self.codec.decode(x, 2) for x in uniform]
+        seeds += [uniform[i] for i in best_predicted(self.predictor, plans, self.config.population)]
+        logger.info("stage 2: %d integer-program seeds, %d uniform settings of %d ranked best", n_milp,
+                    len(seeds) - n_milp, len(uniform))
+        return seeds
+
+    def _tau(self, plans: Sequence[CompressionPlan], predicted: np.ndarray | None,
+             known: set[str]) -> float | None:
+        """Kendall's tau of predicted and measured error over the batch's new candidates."""
+        names = self.records.objectives.names
+        if predicted is None or "error" not in names:
+            return None
+        i = names.index("error")
+        pred, measured = [], []
+        for j, p in enumerate(plans):
+            c = self.records.records[p.key()]
+            if c.key not in known and c.search is not None and not c.raced_out:
+                pred.append(predicted[j, i])
+                measured.append(c.objectives[i])
+        return kendall_tau(pred, measured)
 
     # -- one stage --
     def stage(self, stage: int, X0: np.ndarray, eval_budget: int | None,
@@ -286,8 +402,10 @@ class _Run:
             return why
         _, xu = self.codec.bounds(stage)
         problem = make_problem(len(xu), xu, self.records.objectives)
+        screening = self.screening
         algorithm = NSGA2(
             pop_size=cfg.population,
+            n_offsprings=cfg.population * (cfg.offspring_factor if screening is not None else 1),
             sampling=X0,
             crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
             mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
@@ -300,38 +418,57 @@ class _Run:
             return run_steady_stage(self, stage, algorithm, problem, eval_budget, deadline)
         gen = 0
         while algorithm.has_next():
+            offspring = algorithm.is_initialized  # False: this ask is the initial population
             pop = algorithm.ask()
             if pop is None or len(pop) == 0:
                 return "space_exhausted"
             X = np.rint(pop.get("X")).astype(np.int64)
             plans = [self.codec.decode(x, stage) for x in X]
+            known = set(self.records.records)
+            screen = None
+            if screening is not None and offspring:
+                screen = screening.screen(plans, known, self.records.feasible_F(), cfg.population,
+                                          self.rng_screen)
+                idx = list(screen.keep)
+                pop, plans = pop[idx], [plans[i] for i in idx]
             if eval_budget is not None:  # no more new candidates than the budget has left
-                cut = _within(plans, self.records.records, eval_budget - algorithm.evaluator.n_eval)
+                cut = _within(plans, known, eval_budget - algorithm.evaluator.n_eval)
                 pop, plans = pop[:cut], plans[:cut]
+            predicted = self.predictor.predict(plans) if self.predictor is not None and plans else None
             before = self.records.n_evals()
             cands = self.records.evaluate(plans, stage)
-            F = np.array([c.objectives for c in cands], dtype=float)
-            G = np.array([c.constraints for c in cands], dtype=float)
+            F = np.array([c.objectives for c in cands], dtype=float).reshape(len(cands), -1)
+            G = np.array([c.constraints for c in cands], dtype=float).reshape(len(cands), -1)
             algorithm.evaluator.eval(StaticProblem(problem, F=F, G=G), pop, count_evals=False)
             algorithm.evaluator.n_eval += self.records.n_evals() - before  # distinct new candidates
+            if screen is not None:
+                self.screens.append({"stage": stage, "generation": gen, "proposed": screen.proposed,
+                                     "promising": screen.promising, "random": len(screen.random),
+                                     "evaluated": self.records.n_evals() - before})
+                logger.info("stage %d gen %d: %d new offspring, %d may be non-dominated, %d evaluated "
+                            "(%d at random)", stage, gen, screen.proposed, screen.promising,
+                            self.records.n_evals() - before, len(screen.random))
             algorithm.tell(infills=pop)
-            self.checkpoint(stage, gen)
+            tau = self._tau(plans, predicted, known)
+            self.fit()
+            self.checkpoint(stage, gen, tau)
             gen += 1
         return stop_reason(termination)
 
-    def checkpoint(self, stage: int, gen: int) -> None:
+    def checkpoint(self, stage: int, gen: int, tau: float | None = None) -> None:
         """After a generation: its hypervolume record (history and store), log and progress."""
         F = self.records.feasible_F()
         n_obj = self.records.objectives.n_obj
         rec = HVRecord(stage, gen, self.records.n_evals(), hypervolume(F, n_obj),
-                       hypervolume(self.records.feasible_F(stage), n_obj))
+                       hypervolume(self.records.feasible_F(stage), n_obj), tau)
         self.history.append(rec)
         self.store.put_hv(self.fp, rec)
-        logger.info("stage %d gen %d: %d evaluations, hv %.4f", stage, gen, rec.n_evaluations, rec.hv)
+        logger.info("stage %d gen %d: %d evaluations, hv %.4f%s", stage, gen, rec.n_evaluations, rec.hv,
+                    "" if tau is None else f", predictor tau {tau:.3f}")
         if self.progress is not None:
             self.progress(ProgressEvent(stage, gen, self.config.generations, rec.n_evaluations,
                                         self.config.max_evaluations, self.records.best(), rec.hv,
-                                        workers=self.workers.status()))
+                                        workers=self.workers.status(), tau=tau))
 
     def final_front(self) -> list[FrontMember]:
         """The non-dominated set on the search split, each member then measured on the test split."""
@@ -361,7 +498,7 @@ class _Run:
         return members
 
 
-def _within(plans: Sequence[CompressionPlan], seen: Mapping[str, Any], remaining: int) -> int:
+def _within(plans: Sequence[CompressionPlan], seen: Container[str], remaining: int) -> int:
     """How many leading plans hold at most ``remaining`` plans not in ``seen`` (distinct)."""
     new: set[str] = set()
     for i, p in enumerate(plans):
@@ -413,9 +550,6 @@ def run_search(
             dataclasses.replace(run.baseline, metric=base_s.search.metric),
             config.max_accuracy_drop, noise_z=config.drop_noise_z)
         seeds = np.random.SeedSequence(seed).generate_state(2)
-        budget1 = None
-        if config.max_evaluations is not None:
-            budget1 = max(1, int(config.max_evaluations * config.stage1_share))
 
         def time_left(share: float) -> float | None:
             if config.time_budget_s is None:
@@ -423,13 +557,18 @@ def run_search(
             return t_start + config.time_budget_s * share - time.monotonic()
 
         try:
+            if config.probes:
+                run.probe(config.max_evaluations, config.time_budget_s, base_s.seconds)
+            budget1 = None
+            if config.max_evaluations is not None:
+                budget1 = max(1, int((config.max_evaluations - run.n_probes) * config.stage1_share))
             X1 = initial_stage1(run.codec, config.population, config.n_uniform, run.rng)
             stop[1] = run.stage(1, X1, budget1, time_left(config.stage1_share), int(seeds[0]))
             budget2 = None
             if config.max_evaluations is not None:
-                budget2 = config.max_evaluations - records.n_evals()
+                budget2 = config.max_evaluations - run.n_probes - records.n_evals()
             stage1 = [c for c in records.searched() if c.stage == 1]
-            X2 = initial_stage2(run.codec, config.population, stage1, run.rng)
+            X2 = initial_stage2(run.codec, config.population, stage1, run.rng, run.predicted_seeds())
             stop[2] = run.stage(2, X2, budget2, time_left(1.0), int(seeds[1]))
         except KeyboardInterrupt:
             interrupted = True
@@ -476,4 +615,6 @@ def run_search(
         n_full_fresh=records.n_full_fresh,
         n_full_cached=records.n_full_cached,
         n_raced_out=sum(1 for c in searched if c.raced_out),
+        n_probes=run.n_probes,
+        screens=tuple(run.screens),
     )

@@ -4,20 +4,26 @@ Stage 1 (pruning genes only) starts from no compression and a few uniform levels
 and density gene at the same fraction of its range, and each of the two alone), topped up
 with random genomes. Stage 2 starts from the stage-1 front's architectures at every uniform
 (weight, activation) width, so the uniform-quantization points are in its first generation
-and NSGA-II's crossover builds mixed precision from them.
+and NSGA-II's crossover builds mixed precision from them; with a predictor, also the solutions
+of integer programs that minimise a predicted cost under several predicted-error levels
+(:func:`milp_seeds`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import non_dominated
+from emomc_onnx.search.predictor import Predictor
 from emomc_onnx.search.records import Candidate
 
-__all__ = ["STAGE2_SEED_POPULATIONS", "dedupe", "initial_stage1", "initial_stage2"]
+__all__ = ["STAGE2_SEED_POPULATIONS", "dedupe", "initial_stage1", "initial_stage2", "milp_seeds", "uniform_genomes"]
 
 STAGE2_SEED_POPULATIONS = 3  # stage 2's first generation, in populations (search_quality.py)
 
@@ -77,8 +83,9 @@ def stage1_front(codec: GenomeCodec, stage1: Sequence[Candidate]) -> list[np.nda
 
 
 def initial_stage2(codec: GenomeCodec, population: int, stage1: Sequence[Candidate],
-                   rng: np.random.Generator) -> np.ndarray:
-    """Up to ``STAGE2_SEED_POPULATIONS`` populations: the stage-1 front at uniform bit widths."""
+                   rng: np.random.Generator, seeds: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """Up to ``STAGE2_SEED_POPULATIONS`` populations: the stage-1 front at uniform bit widths,
+    ``seeds`` (e.g. :func:`milp_seeds`) right after its most accurate architecture's."""
     space = codec.space
     _, xu2 = codec.bounds(2)
     n_l = len(space.layers)
@@ -93,6 +100,7 @@ def initial_stage2(codec: GenomeCodec, population: int, stage1: Sequence[Candida
     # the uniform-quantization points a user would try first are always in the population
     for w_level in reversed(range(nw)):
         rows.append(codec.extend(archs[0], np.full(n_l, w_level), np.full(n_l, na - 1)))
+    rows += [np.asarray(x, dtype=np.int64) for x in seeds]
     # then every front architecture at every uniform (weight, activation) width, in a random
     # order: small architectures at low widths are often the best trade-offs, and NSGA-II's
     # crossover of such parents makes the per-layer mixed precision from there
@@ -105,3 +113,113 @@ def initial_stage2(codec: GenomeCodec, population: int, stage1: Sequence[Candida
         rows.append(codec.extend(arch, np.full(n_l, w), np.full(n_l, a)))
     # a first generation of several populations' worth (NSGA-II keeps the best P of it)
     return dedupe(rows, xu2, STAGE2_SEED_POPULATIONS * P, rng)
+
+
+def uniform_genomes(codec: GenomeCodec, levels: int = 6) -> list[np.ndarray]:
+    """Stage-2 genomes of the uniform sweep a user would try by hand: every keep gene and every
+    density gene at one of ``levels`` fractions of its range (each its own fraction), every
+    layer at one (weight, activation) width. Distinct genomes, in sweep order."""
+    sp = codec.space
+    _, xu = codec.bounds(2)
+    n_l = len(sp.layers)
+    n_g = len(sp.groups) if sp.kind == "full" else 0
+    n_d = n_l if sp.kind == "full" else 1
+    fractions = np.linspace(1.0, 0.0, levels)
+    acts = range(len(sp.abits)) if sp.kind == "full" else [None]
+    out: dict[bytes, np.ndarray] = {}
+    for kf in fractions if n_g else [1.0]:
+        for df in fractions:
+            for wi in range(len(sp.wbits)):
+                for ai in acts:
+                    x = np.empty_like(xu)
+                    x[:n_g] = np.rint(kf * xu[:n_g])
+                    x[n_g:n_g + n_d] = np.rint(df * xu[n_g:n_g + n_d])
+                    x[n_g + n_d:n_g + n_d + n_l] = wi
+                    if ai is not None:
+                        x[n_g + n_d + n_l:] = ai
+                    out.setdefault(x.tobytes(), x)
+    return list(out.values())
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """File descriptor 1 to /dev/null while the block runs (where it can be redirected)."""
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stdout.flush()
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+def _choice_effects(codec: GenomeCodec, predictor: Predictor) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per stage-2 genome gene, the additive prediction's change (choices x objectives, modelled
+    scale) when that gene alone takes each choice, from a reference genome; and the reference's
+    prediction. Genome genes move disjoint sets of the space's genes, so the effects add."""
+    _, xu = codec.bounds(2)
+    ref = xu.copy()
+    plans = [codec.decode(ref, 2)]
+    for i, top in enumerate(xu):
+        for c in range(int(top) + 1):
+            x = ref.copy()
+            x[i] = c
+            plans.append(codec.decode(x, 2))
+    Z = predictor.predict_model(plans)
+    effects, o = [], 1
+    for top in xu:
+        effects.append(Z[o:o + int(top) + 1] - Z[0])
+        o += int(top) + 1
+    return effects, Z[0]
+
+
+def milp_seeds(codec: GenomeCodec, predictor: Predictor, error_levels: Sequence[float]) -> list[np.ndarray]:
+    """Stage-2 genomes that minimise each predicted cost objective subject to the predicted
+    error staying at or below each level (HAWQ-V3's budgeted assignment): one integer program
+    per (cost, level) over a one-hot choice per genome gene (the predictor is additive over genes),
+    solved with scipy's ``milp``. Infeasible levels give nothing; duplicates are dropped."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import lil_matrix
+
+    from emomc_onnx.search.predictor import to_model_scale
+
+    names = list(predictor.prior.names)
+    costs = [k for k, n in enumerate(names) if n != "error"]
+    if "error" not in names or not costs:
+        return []
+    e = names.index("error")
+    effects, ref = _choice_effects(codec, predictor)
+    sizes = [len(t) for t in effects]
+    n = sum(sizes)
+    onehot = lil_matrix((len(sizes), n))
+    o = 0
+    for i, m in enumerate(sizes):
+        onehot[i, o:o + m] = 1.0
+        o += m
+    err_row = np.concatenate([t[:, e] for t in effects])
+    out: list[np.ndarray] = []
+    seen: set[bytes] = set()
+    for k in costs:
+        c = np.concatenate([t[:, k] for t in effects])
+        for level in error_levels:
+            bound = float(to_model_scale("error", level)) - ref[e]
+            with _quiet_stdout():  # HiGHS prints a debug line to the C stdout on some problems
+                res = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1),
+                           constraints=[LinearConstraint(onehot.tocsr(), 1, 1),
+                                        LinearConstraint(err_row[None, :], -np.inf, bound)])
+            if res.x is None:
+                continue
+            z = np.rint(res.x)
+            x = np.array([int(np.argmax(z[a:a + m])) for a, m in zip(np.cumsum([0, *sizes[:-1]]), sizes)],
+                         dtype=np.int64)
+            if x.tobytes() not in seen:
+                seen.add(x.tobytes())
+                out.append(x)
+    return out

@@ -18,6 +18,7 @@ from emomc_onnx.errors import PlanError
 
 __all__ = [
     "DEFAULT_POLICY",
+    "FLOAT_BITS",
     "CompressionPlan",
     "GroupGene",
     "LayerGene",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 SpaceKind = Literal["full", "emomc"]
+FLOAT_BITS = 32  # the bits gene value of a float layer (SearchSpace.gene_values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,33 @@ class SearchSpace:
             wbits={la.name: None for la in self.layers},
             abits={la.name: None for la in self.layers},
         )
+
+    def genes(self) -> tuple[tuple[str, str], ...]:
+        """``(kind, target)`` of every gene that can vary: a group's ``keep`` (target
+        ``group N``) and, per layer, ``density`` (with a choice) then ``wbits`` and ``abits``
+        (float in stage 1, a width in stage 2), target the layer name as in the sensitivity
+        table, whatever the space's kind."""
+        out = [("keep", f"group {g.id}") for g in self.groups if len(g.choices) > 1]
+        for kind in ("density", "wbits", "abits"):
+            if kind != "density" or len(self.densities) > 1:
+                out += [(kind, la.name) for la in self.layers]
+        return tuple(out)
+
+    def gene_values(self, plan: CompressionPlan) -> list[float]:
+        """The plan's value of each of :meth:`genes`: kept fraction of the group's channels,
+        density, bits (``FLOAT_BITS`` for a float layer)."""
+        channels = {f"group {g.id}": (g.id, g.channels) for g in self.groups}
+        out: list[float] = []
+        for kind, target in self.genes():
+            if kind == "keep":
+                gid, ch = channels[target]
+                out.append(plan.keep.get(gid, ch) / ch)
+            elif kind == "density":
+                out.append(plan.density.get(target, 1.0))
+            else:
+                b = getattr(plan, kind).get(target)
+                out.append(float(FLOAT_BITS if b is None else b))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly description (for front.json)."""

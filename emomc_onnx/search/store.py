@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS hypervolume (
     hv REAL NOT NULL,
     hv_stage REAL NOT NULL,
     created_at REAL NOT NULL,
+    tau REAL,
     PRIMARY KEY (fingerprint, stage, generation)
 );
 CREATE TABLE IF NOT EXISTS baseline (
@@ -116,6 +117,8 @@ class HVRecord:
         n_evaluations: distinct candidates evaluated in the run so far.
         hv: hypervolume of every feasible candidate of the run so far (both stages).
         hv_stage: hypervolume of the feasible candidates of this stage so far.
+        tau: Kendall's tau between the predictor's error (fitted before the generation) and the
+            measured error of the generation's new candidates; None without a predictor.
     """
 
     stage: int
@@ -123,6 +126,7 @@ class HVRecord:
     n_evaluations: int
     hv: float
     hv_stage: float
+    tau: float | None = None
 
 
 _F = TypeVar("_F", bound=Callable)
@@ -190,6 +194,9 @@ class ResultStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             with self._conn:
                 self._conn.executescript(_SCHEMA)
+                cols = {r[1] for r in self._conn.execute("PRAGMA table_info(hypervolume)")}
+                if "tau" not in cols:  # a store written before the predictor existed
+                    self._conn.execute("ALTER TABLE hypervolume ADD COLUMN tau REAL")
         except sqlite3.Error as exc:
             raise _store_error(self.path, exc) from None
 
@@ -344,20 +351,22 @@ class ResultStore:
         """Insert/replace the hypervolume of one generation."""
         with self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO hypervolume VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO hypervolume (fingerprint, stage, generation, n_evaluations, hv,"
+                " hv_stage, created_at, tau) VALUES (?,?,?,?,?,?,?,?)",
                 (fingerprint, record.stage, record.generation, record.n_evaluations,
-                 float(record.hv), float(record.hv_stage), time.time()),
+                 float(record.hv), float(record.hv_stage), time.time(), record.tau),
             )
 
     @_guarded
     def hypervolume(self, fingerprint: str) -> list[HVRecord]:
         """Hypervolume history of a fingerprint, by stage and generation."""
         rows = self._conn.execute(
-            "SELECT stage, generation, n_evaluations, hv, hv_stage FROM hypervolume"
+            "SELECT stage, generation, n_evaluations, hv, hv_stage, tau FROM hypervolume"
             " WHERE fingerprint=? ORDER BY stage, generation",
             (fingerprint,),
         ).fetchall()
-        return [HVRecord(int(s), int(g), int(n), float(h), float(hs)) for s, g, n, h, hs in rows]
+        return [HVRecord(int(s), int(g), int(n), float(h), float(hs), None if t is None else float(t))
+                for s, g, n, h, hs, t in rows]
 
 
 def _row(r: tuple) -> StoredCandidate:

@@ -188,7 +188,8 @@ def test_store_survives_a_kill_and_resume_continues(tmp_path: Path) -> None:
     CALLS.clear()
     resumed = _run(tmp_path / "run", factory=CountingFactory())
     fresh_search = [k for k, s in CALLS if s == "search"]
-    assert len(fresh_search) == resumed.n_evaluations + 1 - n_rows  # +1: the baseline row
+    # +1: the baseline row; the sensitivity probes were all stored before the kill
+    assert resumed.n_probes and len(fresh_search) == resumed.n_evaluations + resumed.n_probes + 1 - n_rows
     reference = _run(tmp_path / "ref")
     assert _front(resumed) == _front(reference)
 
@@ -202,7 +203,7 @@ def test_ctrl_c_returns_the_front_so_far(tmp_path: Path) -> None:
     assert r.interrupted and r.front and 2 not in r.stop_reasons
     assert all(m.stage == 1 for m in r.front)
     with ResultStore.in_dir(tmp_path) as store:
-        assert store.count(r.fingerprint) == r.n_evaluations + 1
+        assert store.count(r.fingerprint) == r.n_evaluations + r.n_probes + 1
 
 
 def test_max_accuracy_drop_judged_on_search_with_margin_then_on_test(tmp_path: Path) -> None:
@@ -292,7 +293,7 @@ def test_stage2_first_generation_seeds(tmp_path: Path) -> None:
     """Stage 2 starts from the stage-1 front at uniform bit widths: up to three populations
     of them, every one with one weight and one activation width, the most accurate
     architecture at every weight width, and architectures stripped of their sparsity."""
-    cfg = SearchConfig(population=8, generations=1)
+    cfg = SearchConfig(population=8, generations=1, predicted_seeds=False)  # (those: test_predictor.py)
     r = _run(tmp_path, cfg)
     s1 = [c for c in r.candidates if c.stage == 1 and c.feasible]
     s2 = [c for c in r.candidates if c.stage == 2]

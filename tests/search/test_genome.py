@@ -140,3 +140,22 @@ def test_stage1_quantized_decodes_reference_bits() -> None:
     assert set(quant.abits.values()) == {q.reference_bits[1]}
     assert quant.keep == plain.keep and quant.density == plain.density
     assert np.array_equal(GenomeCodec(q).encode(quant, 1), x)
+
+
+def test_uniform_genomes_are_the_hand_sweep() -> None:
+    from emomc_onnx.search.seeding import uniform_genomes
+    from tests.search.toy import ToyEvaluatorFactory, toy_space
+
+    for kind in ("full", "emomc"):
+        space = toy_space(ToyEvaluatorFactory(), kind)
+        codec = GenomeCodec(space)
+        genomes = uniform_genomes(codec, levels=3)
+        plans = [codec.decode(x, 2) for x in genomes]
+        assert len({p.key() for p in plans}) == len(plans)
+        for p in plans:
+            assert len(set(p.wbits.values())) == 1 and len(set(p.abits.values())) == 1
+            assert len(set(p.density.values())) == 1
+        assert {next(iter(p.wbits.values())) for p in plans} == set(space.wbits)
+    full = toy_space(ToyEvaluatorFactory())
+    # 3 keep x 3 density levels (distinct after rounding) x 5 weight x 3 activation widths
+    assert len(uniform_genomes(GenomeCodec(full), levels=3)) == 3 * 3 * 5 * 3
