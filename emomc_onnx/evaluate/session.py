@@ -171,37 +171,56 @@ def _batch_axis(name: str, shape: tuple[int, ...], batch: int) -> int | None:
     return axes[0]
 
 
-def _samples_first(name: str, arr: np.ndarray, batch: int) -> np.ndarray:
-    """``arr`` (an output of a ``batch``-sample run) with its batch axis moved to axis 0."""
-    axis = _batch_axis(name, arr.shape, batch)
-    if axis is None:
-        return arr[None]
-    return np.moveaxis(arr, axis, 0) if axis else arr
+def _join(name: str, chunks: list[np.ndarray], counts: list[int], batch: int, samples_first: bool) -> np.ndarray:
+    """One output's chunks (runs fed ``batch`` samples, of which ``counts`` real) as one array.
+
+    Each chunk's batch axis (``_batch_axis``) is cut to its real samples and the chunks are
+    joined along it; ``samples_first`` moves it to axis 0 (a batch-1 output without a batch
+    axis gets a new axis 0), else the model's own layout is kept (such an output is joined
+    along axis 0).
+    """
+    parts, axes = [], set()
+    for arr, n in zip(chunks, counts):
+        axis = _batch_axis(name, arr.shape, batch)
+        if axis is None:  # batch 1, squeezed away: the whole array is the one sample's
+            arr, axis = (arr[None] if samples_first else arr), 0
+        elif n < batch:
+            arr = np.take(arr, np.arange(n), axis=axis)
+        if samples_first:
+            arr, axis = np.moveaxis(arr, axis, 0), 0
+        parts.append(arr)
+        axes.add(axis)
+    if len(axes) > 1:
+        raise ModelError(f"output {name!r}: its batch axis differs between runs ({', '.join(map(str, sorted(axes)))})")
+    return np.concatenate(parts, axis=axes.pop())
 
 
 def run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray],
-             names: list[str] | None = None) -> list[np.ndarray]:
+             names: list[str] | None = None, samples_first: bool = False) -> list[np.ndarray]:
     """``session.run(names, feed)`` for any number of samples, whatever the model's batch axis.
 
     A static batch B (e.g. 1) is fed B samples at a time, the last chunk padded by repeating
     its final sample. Each output's batch axis is found from the run (see ``_batch_axis``: a
-    sequence-first [T, B, C] output has it on axis 1), moved to axis 0, the padding trimmed
-    and the chunks concatenated: every output comes back with one row per fed sample on axis 0
-    (what the metrics, the reference outputs and recovery's reducers read). A dynamic batch
-    axis takes the feed as it is.
+    sequence-first [T, B, C] output has it on axis 1), the padding is cut from it and the
+    chunks are joined along it: in the model's own layout (what per-op reducers such as
+    recovery's read: [T, n, C]), or with ``samples_first`` moved to axis 0 ([n, T, C]: one row
+    per sample, what the metrics and the reference outputs read). A dynamic batch axis takes
+    the feed as it is.
     """
     fixed = _fixed_batch(session)
     if not fixed:
         return session.run(names, feed)
     count = len(next(iter(feed.values())))
     out_names = list(names) if names is not None else [o.name for o in session.get_outputs()]
-    parts: list[list[np.ndarray]] = []
+    runs: list[list[np.ndarray]] = []
+    counts: list[int] = []
     for i in range(0, count, fixed):
         chunk = {k: v[i:i + fixed] for k, v in feed.items()}
-        n = len(next(iter(chunk.values())))
-        res = session.run(names, pad_batch(chunk, fixed))
-        parts.append([_samples_first(name, r, fixed)[:n] for name, r in zip(out_names, res)])
-    return [np.concatenate(rs) for rs in zip(*parts)]
+        counts.append(len(next(iter(chunk.values()))))
+        runs.append(session.run(names, pad_batch(chunk, fixed)))
+    if not runs:
+        return []
+    return [_join(name, list(chunks), counts, fixed, samples_first) for name, chunks in zip(out_names, zip(*runs))]
 
 
 def run_batched(session: ort.InferenceSession, dataset, batch_size: int = 256) -> list[np.ndarray]:
@@ -216,7 +235,7 @@ def run_batched(session: ort.InferenceSession, dataset, batch_size: int = 256) -
     outs: list[list[np.ndarray]] = [[] for _ in session.get_outputs()]
     for feed in dataset.batches(_fixed_batch(session) or batch_size):
         try:
-            res = run_feed(session, feed)
+            res = run_feed(session, feed, samples_first=True)
         except ModelError:
             raise
         except Exception as exc:

@@ -177,9 +177,13 @@ def test_sequence_first_outputs_of_fixed_batch_models_have_samples_on_axis0(batc
         np.testing.assert_allclose(out[1][i], last[0], rtol=1e-6)
     w = numpy_helper.to_array(model.graph.initializer[0])
     np.testing.assert_allclose(out[0], x @ w, rtol=1e-5, atol=1e-6)
-    # run_feed on the whole feed (recovery's path) gives the same
-    for a, b in zip(run_feed(sess, dict(ds.arrays)), out):
+    # run_feed on the whole feed: samples first, or the model's layout (recovery's reducers)
+    for a, b in zip(run_feed(sess, dict(ds.arrays), samples_first=True), out):
         np.testing.assert_array_equal(a, b)
+    y, last = run_feed(sess, dict(ds.arrays), ["y", "last"])
+    assert y.shape == (5, n, 4) and last.shape == (n, 4)
+    np.testing.assert_array_equal(np.moveaxis(y, 1, 0), out[0])
+    np.testing.assert_array_equal(last, out[1])
 
 
 def test_squeezed_batch_of_batch1_model_becomes_a_sample_axis() -> None:
@@ -189,6 +193,10 @@ def test_squeezed_batch_of_batch1_model_becomes_a_sample_axis() -> None:
     w = numpy_helper.to_array(model.graph.initializer[0])
     assert out[0].shape == (3, 5, 4)
     np.testing.assert_allclose(out[0], ds.arrays["x"] @ w, rtol=1e-5, atol=1e-6)
+    # the model's layout (a Gemm input [T, K] with the batch squeezed): runs joined on axis 0
+    y = run_feed(make_session(model), dict(ds.arrays), ["y"])[0]
+    assert y.shape == (15, 4)
+    np.testing.assert_array_equal(y, out[0].reshape(15, 4))
 
 
 NO_AXIS = r"output 'y' of shape \[5, 4\] has no axis of the model's fixed batch 2"
