@@ -146,24 +146,81 @@ def pad_batch(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v, np.repeat(v[-1:], size - count, axis=0)]) for k, v in feed.items()}
 
 
+def _batch_axis(name: str, shape: tuple[int, ...], batch: int) -> int | None:
+    """The axis of an output that holds the ``batch`` samples of a run fed exactly ``batch``.
+
+    Axis 0 if its size is ``batch``, else the one axis of that size (a sequence-first output
+    [T, B, C] has its batch on axis 1). With ``batch`` 1, None when no axis has size 1 (the
+    exporter squeezed the batch away: the whole output is the one sample's) and the first of
+    several size-1 axes (any of them gives the same values per sample, in the same order).
+
+    Raises:
+        ModelError: ``batch`` > 1 and no axis, or several axes besides 0, of that size.
+    """
+    if shape and shape[0] == batch:
+        return 0
+    axes = [i for i, size in enumerate(shape) if size == batch]
+    if batch == 1:
+        return axes[0] if axes else None
+    if not axes:
+        raise ModelError(f"output {name!r} of shape {list(shape)} has no axis of the model's fixed batch {batch}: "
+                         f"cannot tell its samples apart")
+    if len(axes) > 1:
+        raise ModelError(f"output {name!r} of shape {list(shape)} has several axes of the model's fixed batch "
+                         f"{batch} ({', '.join(map(str, axes))}): cannot tell which holds the samples")
+    return axes[0]
+
+
+def _join(name: str, chunks: list[np.ndarray], counts: list[int], batch: int, samples_first: bool) -> np.ndarray:
+    """One output's chunks (runs fed ``batch`` samples, of which ``counts`` real) as one array.
+
+    Each chunk's batch axis (``_batch_axis``) is cut to its real samples and the chunks are
+    joined along it; ``samples_first`` moves it to axis 0 (a batch-1 output without a batch
+    axis gets a new axis 0), else the model's own layout is kept (such an output is joined
+    along axis 0).
+    """
+    parts, axes = [], set()
+    for arr, n in zip(chunks, counts):
+        axis = _batch_axis(name, arr.shape, batch)
+        if axis is None:  # batch 1, squeezed away: the whole array is the one sample's
+            arr, axis = (arr[None] if samples_first else arr), 0
+        elif n < batch:
+            arr = np.take(arr, np.arange(n), axis=axis)
+        if samples_first:
+            arr, axis = np.moveaxis(arr, axis, 0), 0
+        parts.append(arr)
+        axes.add(axis)
+    if len(axes) > 1:
+        raise ModelError(f"output {name!r}: its batch axis differs between runs ({', '.join(map(str, sorted(axes)))})")
+    return np.concatenate(parts, axis=axes.pop())
+
+
 def run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray],
-             names: list[str] | None = None) -> list[np.ndarray]:
+             names: list[str] | None = None, samples_first: bool = False) -> list[np.ndarray]:
     """``session.run(names, feed)`` for any number of samples, whatever the model's batch axis.
 
     A static batch B (e.g. 1) is fed B samples at a time, the last chunk padded by repeating
-    its final sample and the padding trimmed from the outputs (each output's axis 0 is the
-    batch); a dynamic batch axis takes the feed as it is.
+    its final sample. Each output's batch axis is found from the run (see ``_batch_axis``: a
+    sequence-first [T, B, C] output has it on axis 1), the padding is cut from it and the
+    chunks are joined along it: in the model's own layout (what per-op reducers such as
+    recovery's read: [T, n, C]), or with ``samples_first`` moved to axis 0 ([n, T, C]: one row
+    per sample, what the metrics and the reference outputs read). A dynamic batch axis takes
+    the feed as it is.
     """
     fixed = _fixed_batch(session)
-    count = len(next(iter(feed.values())))
-    if not fixed or count == fixed:
+    if not fixed:
         return session.run(names, feed)
-    parts: list[list[np.ndarray]] = []
+    count = len(next(iter(feed.values())))
+    out_names = list(names) if names is not None else [o.name for o in session.get_outputs()]
+    runs: list[list[np.ndarray]] = []
+    counts: list[int] = []
     for i in range(0, count, fixed):
         chunk = {k: v[i:i + fixed] for k, v in feed.items()}
-        n = len(next(iter(chunk.values())))
-        parts.append([r[:n] for r in session.run(names, pad_batch(chunk, fixed))])
-    return [np.concatenate(rs) for rs in zip(*parts)]
+        counts.append(len(next(iter(chunk.values()))))
+        runs.append(session.run(names, pad_batch(chunk, fixed)))
+    if not runs:
+        return []
+    return [_join(name, list(chunks), counts, fixed, samples_first) for name, chunks in zip(out_names, zip(*runs))]
 
 
 def run_batched(session: ort.InferenceSession, dataset, batch_size: int = 256) -> list[np.ndarray]:
@@ -171,14 +228,16 @@ def run_batched(session: ort.InferenceSession, dataset, batch_size: int = 256) -
 
     A dynamic batch axis is fed ``batch_size`` samples at a time; a static batch B (e.g. 1)
     is fed exactly B, the last batch padded by repeating its final sample and the padding
-    trimmed from the outputs.
+    trimmed from the outputs; every output has its samples on axis 0 (see ``run_feed``).
     """
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
     outs: list[list[np.ndarray]] = [[] for _ in session.get_outputs()]
     for feed in dataset.batches(_fixed_batch(session) or batch_size):
         try:
-            res = run_feed(session, feed)
+            res = run_feed(session, feed, samples_first=True)
+        except ModelError:
+            raise
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from None
         for acc, r in zip(outs, res):

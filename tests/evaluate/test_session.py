@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from emomc_onnx.errors import DataError, ModelError
 from emomc_onnx.evaluate.data import Dataset
-from emomc_onnx.evaluate.session import SessionCache, make_session, run_batched
+from emomc_onnx.evaluate.session import SessionCache, make_session, run_batched, run_feed
 
 
 def make_model(batch: int | str = "N") -> onnx.ModelProto:
@@ -127,3 +127,104 @@ def test_session_cache_names_the_model_in_load_errors() -> None:
     bad.graph.node[0].op_type = "NoSuchOp"
     with pytest.raises(ModelError, match="model 'lin'"):
         SessionCache().get(bad)
+
+
+def seq_first_model(batch: int, steps: int = 5, feat: int = 3, classes: int = 4, out: str = "seq") -> onnx.ModelProto:
+    """x [batch, steps, feat] (fixed batch) -> y = (x @ w) as a sequence-first [steps, batch, classes]
+    output, as an LSTM + CTC head exports it (ddddocr's recogniser: [T, 1, 8210]).
+
+    ``out`` = "squeezed" (batch 1): the batch axis squeezed away, y [steps, classes];
+    "summed": the batch summed away, y [steps, classes] (no sample axis at all);
+    "square": y [steps, batch, batch] (classes == batch: two candidate axes)."""
+    shapes = {"seq": f"[{steps}, {batch}, {classes}]", "squeezed": f"[{steps}, {classes}]",
+              "summed": f"[{steps}, {classes}]", "square": f"[{steps}, {batch}, {classes}]"}
+    tail = {"seq": "y = Identity (t)", "squeezed": "y = Squeeze (t, one)",
+            "summed": "y = ReduceSum <keepdims = 0> (t, one)", "square": "y = Identity (t)"}[out]
+    model = onnx.parser.parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    seqfirst (float[{batch}, {steps}, {feat}] x) => (float{shapes[out]} y, float[{batch}, {classes}] last) {{
+        m = MatMul (x, w)
+        t = Transpose <perm = [1, 0, 2]> (m)
+        {tail}
+        last = ReduceMax <keepdims = 0, axes = [1]> (m)
+    }}
+    """)
+    w = np.random.default_rng(1).standard_normal((feat, classes)).astype(np.float32)
+    model.graph.initializer.extend([numpy_helper.from_array(w, "w"),
+                                    numpy_helper.from_array(np.array([1], np.int64), "one")])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def seq_data(n: int, steps: int = 5, feat: int = 3) -> Dataset:
+    x = np.random.default_rng(100 + n).standard_normal((n, steps, feat)).astype(np.float32)
+    return Dataset({"x": x}, None, "mem")
+
+
+@pytest.mark.parametrize("batch,n", [(1, 4), (1, 1), (2, 5), (2, 4)])
+def test_sequence_first_outputs_of_fixed_batch_models_have_samples_on_axis0(batch, n) -> None:
+    """A fixed-batch model with a [T, B, C] output gives [n, T, C], each row equal to the
+    sample's own run (the batch axis found from the run, moved first, the padding trimmed)."""
+    model = seq_first_model(batch)
+    sess = make_session(model)
+    ds = seq_data(n)
+    out = run_batched(sess, ds, batch_size=256)
+    assert [o.shape for o in out] == [(n, 5, 4), (n, 4)]
+    x = ds.arrays["x"]
+    for i in range(n):  # each sample alone, padded to the batch with copies of itself
+        y, last = sess.run(None, {"x": np.repeat(x[i:i + 1], batch, axis=0)})
+        np.testing.assert_allclose(out[0][i], y[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(out[1][i], last[0], rtol=1e-6)
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    np.testing.assert_allclose(out[0], x @ w, rtol=1e-5, atol=1e-6)
+    # run_feed on the whole feed: samples first, or the model's layout (recovery's reducers)
+    for a, b in zip(run_feed(sess, dict(ds.arrays), samples_first=True), out):
+        np.testing.assert_array_equal(a, b)
+    y, last = run_feed(sess, dict(ds.arrays), ["y", "last"])
+    assert y.shape == (5, n, 4) and last.shape == (n, 4)
+    np.testing.assert_array_equal(np.moveaxis(y, 1, 0), out[0])
+    np.testing.assert_array_equal(last, out[1])
+
+
+def test_squeezed_batch_of_batch1_model_becomes_a_sample_axis() -> None:
+    model = seq_first_model(1, out="squeezed")
+    ds = seq_data(3)
+    out = run_batched(make_session(model), ds)
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    assert out[0].shape == (3, 5, 4)
+    np.testing.assert_allclose(out[0], ds.arrays["x"] @ w, rtol=1e-5, atol=1e-6)
+    # the model's layout (a Gemm input [T, K] with the batch squeezed): runs joined on axis 0
+    y = run_feed(make_session(model), dict(ds.arrays), ["y"])[0]
+    assert y.shape == (15, 4)
+    np.testing.assert_array_equal(y, out[0].reshape(15, 4))
+
+
+NO_AXIS = r"output 'y' of shape \[5, 4\] has no axis of the model's fixed batch 2"
+TWO_AXES = r"output 'y' of shape \[5, 2, 2\] has several axes of the model's fixed batch 2 \(1, 2\)"
+
+
+@pytest.mark.parametrize("out,why", [("summed", NO_AXIS), ("square", TWO_AXES)])
+def test_outputs_without_a_clear_batch_axis_are_refused_naming_the_output(out, why) -> None:
+    model = seq_first_model(2, classes=2 if out == "square" else 4, out=out)
+    with pytest.raises(ModelError, match=f"^{why}"):
+        run_batched(make_session(model), seq_data(3))
+
+
+def test_reference_and_candidate_agree_on_sequence_first_outputs(tmp_path) -> None:
+    """The reference outputs and a candidate's racing prefix go through one path: the racing
+    figure compares samples with samples (it compared 4 time steps with 96 rows)."""
+    from emomc_onnx.evaluate.reference import ReferenceData
+
+    model = seq_first_model(1)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=seq_data(24).arrays["x"])
+    data = ReferenceData(model, path, calib_samples=4, eval_samples=12, test_samples=8)
+    assert data.outputs["search"][0].shape == (12, 5, 4) and data.outputs["test"][0].shape == (8, 5, 4)
+    sess = make_session(model)
+    n = data.race_n
+    assert 0 < n < 12
+    outs = data.run(sess, data.search.take(np.arange(n)))
+    value, stats = data.figure(outs, "search", n)
+    assert stats["split"] == "race"
+    np.testing.assert_array_equal(outs[0], data.outputs["search"][0][:n])  # samples, not time steps
+    assert data.metric.name == "cosine" and value == pytest.approx(1.0)
