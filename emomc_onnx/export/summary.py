@@ -36,6 +36,11 @@ def _pct(v: float | None, digits: int = 2) -> str:
     return "" if v is None else f"{100 * v:.{digits}f}"
 
 
+def _times(v: float) -> str:
+    """An improvement factor in at most 5 characters: 2 decimals below 10, 1 below 100, none above."""
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
 def _ci(ci: Sequence[float] | None) -> str:
     return "" if not ci else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}"
 
@@ -95,7 +100,7 @@ def summary_table(entries: Sequence[FrontEntry], baseline: Evaluation | None = N
                _pct(e.metric_search)]
         if wide:
             row += [f"{e.energy:.4g}"]
-        row += [f"{e.energy_factor:.2f}", f"{e.size_factor:.2f}"]
+        row += [_times(e.energy_factor), _times(e.size_factor)]
         if wide:
             row += [f"{e.size_bits / 8192:.1f}", f"{e.macs / 1e6:.2f}"]
         row += [f"{_bits(e.wbits)}/{_bits(e.abits)}", _flags(e)]
