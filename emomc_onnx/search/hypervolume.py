@@ -12,7 +12,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-__all__ = ["REFERENCE", "hypervolume", "non_dominated"]
+__all__ = ["REFERENCE", "dominated_by", "hypervolume", "non_dominated"]
 
 REFERENCE = 1.1
 
@@ -24,6 +24,17 @@ def non_dominated(F: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     idx = NonDominatedSorting().do(F, only_non_dominated_front=True)
     return np.sort(np.asarray(idx, dtype=np.int64))
+
+
+def dominated_by(archive: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """For each row of ``F``, whether some row of ``archive`` dominates it (all <=, one <)."""
+    A = np.asarray(archive, dtype=float).reshape(len(archive), -1)
+    F = np.atleast_2d(np.asarray(F, dtype=float))
+    if len(A) == 0:
+        return np.zeros(len(F), dtype=bool)
+    le = np.all(A[None, :, :] <= F[:, None, :], axis=2)
+    lt = np.any(A[None, :, :] < F[:, None, :], axis=2)
+    return np.any(le & lt, axis=1)
 
 
 def hypervolume(F: np.ndarray, n_obj: int | None = None, reference: float = REFERENCE) -> float:

@@ -99,6 +99,8 @@ class Prior:
 
         ``value`` is the setting as the sensitivity table gives it: a keep *ratio* is turned
         into the fraction of channels the plan keeps (the choice the group rounds it to)."""
+        from emomc_onnx.passes.channel_pruning import round_keep  # how the sensitivity table rounds a ratio
+
         names = tuple(names)
         base_z = _to_model(names, np.asarray(base, dtype=float))
         groups = {f"group {g.id}": g for g in space.groups}
@@ -110,8 +112,6 @@ class Prior:
             if i is None or row is None:
                 continue
             if kind == "keep":
-                from emomc_onnx.passes.channel_pruning import round_keep
-
                 g = groups[target]
                 value = round_keep(g.channels, float(value), g.multiple) / g.channels
             measured[i][float(value)] = _to_model(names, np.asarray(row, dtype=float)) - base_z

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from emomc_onnx.search.evaluator import Evaluation
-from emomc_onnx.search.hypervolume import non_dominated
+from emomc_onnx.search.hypervolume import dominated_by, non_dominated
 from emomc_onnx.search.problem import Objectives
 from emomc_onnx.search.space import CompressionPlan
 from emomc_onnx.search.store import ResultStore
@@ -81,9 +81,7 @@ class RaceGate:
             n = max(int(stats.get("n") or 1), 1)
             e = float(F[i])
             F[i] = e - self.z * math.sqrt(max(e * (1.0 - e), 1.0 / n) / n)
-        A = np.asarray(self.archive, dtype=float)
-        dominated = np.all(A <= F, axis=1) & np.any(A < F, axis=1)
-        return not bool(dominated.any())
+        return not bool(dominated_by(np.asarray(self.archive, dtype=float), F)[0])
 
 
 def _floats(v: np.ndarray) -> tuple[float, ...]:

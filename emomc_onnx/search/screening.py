@@ -19,6 +19,7 @@ import numpy as np
 from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from emomc_onnx.search.hypervolume import dominated_by
 from emomc_onnx.search.predictor import Predictor
 from emomc_onnx.search.space import CompressionPlan
 
@@ -70,10 +71,7 @@ class Screening:
         if len(new) <= n_eval:
             return Screen(tuple(sorted(old + new)), len(new), len(new), ())
         Fo = self.predictor.optimistic([plans[i] for i in new], self.z)
-        ok = np.ones(len(new), dtype=bool)
-        if len(archive):
-            A = np.asarray(archive, dtype=float)
-            ok &= ~np.array([bool((np.all(A <= f, axis=1) & np.any(A < f, axis=1)).any()) for f in Fo])
+        ok = ~dominated_by(archive, Fo)
         names = self.predictor.prior.names
         if self.max_error is not None and "error" in names:
             ok &= Fo[:, names.index("error")] <= self.max_error
