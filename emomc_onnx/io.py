@@ -94,6 +94,11 @@ class LoadedModel:
         return proto
 
 
+def declared_dims(tt: onnx.TypeProto.Tensor) -> tuple[int | str | None, ...]:
+    """A tensor type's declared dims: the size, the symbolic name, or None (unknown) per axis."""
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+
+
 def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Parse ``NAME:1,3,224,224`` strings into a mapping.
 
@@ -204,7 +209,7 @@ def random_inputs(proto: onnx.ModelProto, n: int | None, seed: int = 0,
         if inp.name in inits:
             continue
         tt = inp.type.tensor_type
-        model_dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        model_dims = declared_dims(tt)
         dims = list(shapes[inp.name]) if shapes and inp.name in shapes else list(model_dims)
         if not dims:
             raise ValueError(f"input {inp.name!r} is a scalar; synthetic data needs a batch axis")

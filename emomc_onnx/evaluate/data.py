@@ -59,7 +59,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         except (KeyError, TypeError, ValueError):
             raise DataError(f"model input {inp.name!r} has element type {tt.elem_type}, "
                             "which has no numpy equivalent") from None
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        shape = io.declared_dims(tt)
         specs.append(InputSpec(inp.name, dtype, shape))
     return specs
 

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper
 
 from emomc_onnx.errors import DataError, ModelError
 
-__all__ = ["SessionCache", "check_runtime_opset", "make_session", "pad_batch", "run_batched", "run_feed"]
+__all__ = ["SessionCache", "batch_axis", "check_runtime_opset", "dynamic_batch_axis", "make_session", "pad_batch",
+           "run_batched", "run_feed", "to_samples_first"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def pad_batch(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v, np.repeat(v[-1:], size - count, axis=0)]) for k, v in feed.items()}
 
 
-def _batch_axis(name: str, shape: tuple[int, ...], batch: int) -> int | None:
+def batch_axis(name: str, shape: tuple[int, ...], batch: int) -> int | None:
     """The axis of an output that holds the ``batch`` samples of a run fed exactly ``batch``.
 
     Axis 0 if its size is ``batch``, else the one axis of that size (a sequence-first output
@@ -174,14 +175,14 @@ def _batch_axis(name: str, shape: tuple[int, ...], batch: int) -> int | None:
 def _join(name: str, chunks: list[np.ndarray], counts: list[int], batch: int, samples_first: bool) -> np.ndarray:
     """One output's chunks (runs fed ``batch`` samples, of which ``counts`` real) as one array.
 
-    Each chunk's batch axis (``_batch_axis``) is cut to its real samples and the chunks are
+    Each chunk's batch axis (``batch_axis``) is cut to its real samples and the chunks are
     joined along it; ``samples_first`` moves it to axis 0 (a batch-1 output without a batch
     axis gets a new axis 0), else the model's own layout is kept (such an output is joined
     along axis 0).
     """
     parts, axes = [], set()
     for arr, n in zip(chunks, counts):
-        axis = _batch_axis(name, arr.shape, batch)
+        axis = batch_axis(name, arr.shape, batch)
         if axis is None:  # batch 1, squeezed away: the whole array is the one sample's
             arr, axis = (arr[None] if samples_first else arr), 0
         elif n < batch:
@@ -195,21 +196,64 @@ def _join(name: str, chunks: list[np.ndarray], counts: list[int], batch: int, sa
     return np.concatenate(parts, axis=axes.pop())
 
 
+def dynamic_batch_axis(shape: tuple[int, ...], batch: int, declared: list | None = None) -> int:
+    """The axis of an output that holds the samples of a run fed ``batch`` of them, the model's
+    batch axis being dynamic.
+
+    Among the axes of size ``batch`` not declared with a fixed size (``declared``: the output's
+    declared dims, int, name or None each): axis 0 if it is one, else the only one (a
+    sequence-first [T, N, C] output: axis 1, also for a last batch of 1 sample); else axis 0
+    (no such axis, or several: the model's own layout, as before).
+    """
+    def free(i: int) -> bool:
+        return declared is None or i >= len(declared) or not isinstance(declared[i], int) or declared[i] <= 0
+    axes = [i for i, size in enumerate(shape) if size == batch and free(i)]
+    if not axes or axes[0] == 0 or len(axes) > 1:
+        return 0
+    return axes[0]
+
+
+def to_samples_first(outputs: list, batch: int, fixed: bool, declared: list[list | None] | None = None) -> list:
+    """Outputs of one run fed ``batch`` samples (numpy arrays or torch tensors) with their
+    samples on axis 0: a static batch axis found by ``batch_axis`` (a squeezed batch-1 output
+    gets a new axis 0), a dynamic one by ``dynamic_batch_axis``."""
+    res = []
+    for i, out in enumerate(outputs):
+        shape = tuple(int(d) for d in out.shape)
+        if fixed:
+            axis = batch_axis(f"#{i}", shape, batch)
+        else:
+            axis = dynamic_batch_axis(shape, batch, declared[i] if declared and i < len(declared) else None)
+        if axis is None:
+            res.append(out[None])
+        elif axis == 0:
+            res.append(out)
+        else:
+            res.append(out.movedim(axis, 0) if hasattr(out, "movedim") else np.moveaxis(out, axis, 0))
+    return res
+
+
 def run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray],
              names: list[str] | None = None, samples_first: bool = False) -> list[np.ndarray]:
     """``session.run(names, feed)`` for any number of samples, whatever the model's batch axis.
 
     A static batch B (e.g. 1) is fed B samples at a time, the last chunk padded by repeating
-    its final sample. Each output's batch axis is found from the run (see ``_batch_axis``: a
+    its final sample. Each output's batch axis is found from the run (see ``batch_axis``: a
     sequence-first [T, B, C] output has it on axis 1), the padding is cut from it and the
     chunks are joined along it: in the model's own layout (what per-op reducers such as
     recovery's read: [T, n, C]), or with ``samples_first`` moved to axis 0 ([n, T, C]: one row
     per sample, what the metrics and the reference outputs read). A dynamic batch axis takes
-    the feed as it is.
+    the feed as it is; with ``samples_first`` each output's samples axis is found by
+    ``dynamic_batch_axis`` and moved to axis 0.
     """
     fixed = _fixed_batch(session)
     if not fixed:
-        return session.run(names, feed)
+        res = session.run(names, feed)
+        if not samples_first or not feed:
+            return res
+        meta = {o.name: o.shape for o in session.get_outputs()}
+        out_names = list(names) if names is not None else list(meta)
+        return to_samples_first(res, len(next(iter(feed.values()))), False, [meta.get(n) for n in out_names])
     count = len(next(iter(feed.values())))
     out_names = list(names) if names is not None else [o.name for o in session.get_outputs()]
     runs: list[list[np.ndarray]] = []

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from emomc_onnx.evaluate.metrics import Metric
+from emomc_onnx.evaluate.session import to_samples_first
 from emomc_onnx.finetune.convert import OnnxModule
 from emomc_onnx.finetune.member import Member, export_member
 from emomc_onnx.finetune.qat import ActLSQ, BiasQuant, WeightLSQ
+from emomc_onnx.io import declared_dims
 
 __all__ = ["FinetuneConfig", "Student", "TrainEvent", "train_member"]
 
@@ -255,6 +257,14 @@ def train_member(
     t_all = [torch.from_numpy(np.ascontiguousarray(t, np.float32)) for t in teacher]
     y_all = torch.from_numpy(labels) if labels is not None else None
 
+    declared = [list(declared_dims(o.type.tensor_type)) if o.type.tensor_type.HasField("shape") else None
+                for o in member.float_proto.graph.output]
+
+    def forward(b: np.ndarray) -> list[torch.Tensor]:
+        """The student's outputs on samples ``b``, samples on axis 0 like the teacher's (a
+        sequence-first [T, B, C] output moved to [B, T, C], as ``run_batched`` gives them)."""
+        return to_samples_first(student(*[x_all[k][b].to(device) for k in names]), len(b), bool(fixed), declared)
+
     def batches(idx: np.ndarray, size: int, drop: bool):
         for i in range(0, len(idx), size):
             b = idx[i:i + size]
@@ -269,7 +279,7 @@ def train_member(
         outs: list[list[np.ndarray]] = [[] for _ in teacher]
         with torch.no_grad():
             for b in batches(hold, fixed or 256, bool(fixed)):
-                res = student(*[x_all[k][b].to(device) for k in names])
+                res = forward(b)
                 for acc, r in zip(outs, res):
                     acc.append(r.cpu().numpy())
         used = hold[:len(np.concatenate(outs[0]))]
@@ -288,7 +298,7 @@ def train_member(
         order = np.random.default_rng(cfg.seed + 1 + epoch).permutation(train)
         losses = []
         for step, b in enumerate(batches(order, bs, bool(fixed))):
-            outs = student(*[x_all[k][b].to(device) for k in names])
+            outs = forward(b)
             loss = _loss(outs, [t[b].to(device) for t in t_all],
                          None if y_all is None else y_all[b].to(device), cfg)
             opt.zero_grad(set_to_none=True)

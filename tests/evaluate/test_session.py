@@ -129,13 +129,14 @@ def test_session_cache_names_the_model_in_load_errors() -> None:
         SessionCache().get(bad)
 
 
-def seq_first_model(batch: int, steps: int = 5, feat: int = 3, classes: int = 4, out: str = "seq") -> onnx.ModelProto:
+def seq_first_model(batch: int | str, steps: int = 5, feat: int = 3, classes: int = 4, out: str = "seq") -> onnx.ModelProto:
     """x [batch, steps, feat] (fixed batch) -> y = (x @ w) as a sequence-first [steps, batch, classes]
     output, as an LSTM + CTC head exports it (ddddocr's recogniser: [T, 1, 8210]).
 
     ``out`` = "squeezed" (batch 1): the batch axis squeezed away, y [steps, classes];
     "summed": the batch summed away, y [steps, classes] (no sample axis at all);
-    "square": y [steps, batch, batch] (classes == batch: two candidate axes)."""
+    "square": y [steps, batch, batch] (classes == batch: two candidate axes). A string
+    ``batch`` names a dynamic batch axis."""
     shapes = {"seq": f"[{steps}, {batch}, {classes}]", "squeezed": f"[{steps}, {classes}]",
               "summed": f"[{steps}, {classes}]", "square": f"[{steps}, {batch}, {classes}]"}
     tail = {"seq": "y = Identity (t)", "squeezed": "y = Squeeze (t, one)",
@@ -184,6 +185,22 @@ def test_sequence_first_outputs_of_fixed_batch_models_have_samples_on_axis0(batc
     assert y.shape == (5, n, 4) and last.shape == (n, 4)
     np.testing.assert_array_equal(np.moveaxis(y, 1, 0), out[0])
     np.testing.assert_array_equal(last, out[1])
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 256])
+def test_sequence_first_outputs_of_dynamic_batch_models_have_samples_on_axis0(batch_size) -> None:
+    """A dynamic-batch model's [T, N, C] output, run in batches, gives [n, T, C] (it was joined
+    along T: [T * batches, ...]); a batch as long as T (5) still finds N, as T is declared
+    fixed; the model's own layout is kept without ``samples_first``."""
+    model = seq_first_model("N")
+    ds = seq_data(7)
+    sess = make_session(model)
+    out = run_batched(sess, ds, batch_size=batch_size)
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    assert [o.shape for o in out] == [(7, 5, 4), (7, 4)]
+    np.testing.assert_allclose(out[0], ds.arrays["x"] @ w, rtol=1e-5, atol=1e-6)
+    y = run_feed(sess, dict(ds.arrays), ["y"])[0]
+    assert y.shape == (5, 7, 4)
 
 
 def test_squeezed_batch_of_batch1_model_becomes_a_sample_axis() -> None:

@@ -250,6 +250,24 @@ def test_resume_continues_from_the_checkpoint(trained) -> None:
     assert info2["history"][:5] == info["history"]
 
 
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_sequence_first_outputs_train_against_a_samples_first_teacher(batch) -> None:
+    """A [T, B, C] output (ddddocr's LSTM + CTC head, fixed batch 1; or a dynamic batch): the
+    student's outputs are moved to samples first like the teacher's, so the untrained float
+    student matches the teacher exactly (it compared [T, 1, C] with [1, T, C])."""
+    from emomc_onnx.evaluate.session import make_session, run_batched
+    from tests.evaluate.test_session import seq_data, seq_first_model
+
+    model = seq_first_model(batch)
+    ds = seq_data(40)
+    teacher = run_batched(make_session(model), ds)
+    assert teacher[0].shape == (40, 5, 4)
+    cfg = FinetuneConfig(epochs=1, batch_size=8, lr=1e-3, heldout=0.25)
+    _, info = train_member(read_member(model), dict(ds.arrays), teacher, None, BUILTIN["cosine"], cfg)
+    assert info["history"][0]["heldout"] == pytest.approx(1.0, abs=1e-6)
+    assert info["history"][1]["heldout"] > 0.99
+
+
 # ---- data overlap ----------------------------------------------------------------------
 def test_sample_hashes_ignore_storage_dtype() -> None:
     a = np.arange(2 * 4, dtype=np.uint8).reshape(2, 1, 2, 2)
