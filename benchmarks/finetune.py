@@ -138,9 +138,9 @@ def main() -> None:
     from train_demo import load_mnist
 
     from emomc_onnx import api
+    from emomc_onnx.candidate import EvaluatorConfig
     from emomc_onnx.cost import load_profile
     from emomc_onnx.finetune.refront import merge_front
-    from emomc_onnx.finetune.run import _evaluator_config
 
     profile_name = args.profile or ("eyeriss" if args.model == "demo" else "emomc")
     name = "finetune" if args.model == "demo" else f"finetune_{args.model}"
@@ -204,7 +204,7 @@ def main() -> None:
              "front_after": merged["members"], "summary": json.loads(json.dumps(summary, default=float)),
              "command": "python benchmarks/finetune.py " + " ".join(sys.argv[1:])}
     if profile_name == "emomc":
-        ev = _evaluator_config(meta["evaluator"])()
+        ev = EvaluatorConfig.from_record(meta["evaluator"])()
         prof = load_profile(profile_name)
         before = paper_columns(out, search_front, base, ev.original, prof)
         after = paper_columns(out, merged["members"], base, ev.original, prof)

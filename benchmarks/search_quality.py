@@ -45,7 +45,8 @@ from emomc_onnx.search.driver import SearchConfig, run_search
 from emomc_onnx.search.evaluator import Evaluation, EvaluatorFactory
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import hypervolume, non_dominated
-from emomc_onnx.search.predictor import Predictor, Prior, probe_settings
+from emomc_onnx.search.predictor import Predictor, Prior
+from emomc_onnx.search.probes import one_change_plans, probe_settings
 from emomc_onnx.search.problem import Objectives
 from emomc_onnx.search.seeding import milp_seeds, uniform_genomes
 from emomc_onnx.search.space import CompressionPlan, SearchSpace
@@ -143,7 +144,6 @@ def _measure(ev, plans: Sequence[CompressionPlan], obj: Objectives, subset: str 
 
 def _milp_alone(ev, space: SearchSpace, obj: Objectives, budget: int) -> Trace:
     """The probes, then rounds of integer-program genomes on the refitted predictor."""
-    from emomc_onnx.sensitivity import one_change_plans
 
     t0 = time.perf_counter()
     probes = one_change_plans(space, probe_settings(space))

@@ -20,31 +20,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import kendalltau
 
 from emomc_onnx.analysis.ops import compute_op, out_in_matrix
-from emomc_onnx.passes.channel_pruning import round_keep
 from emomc_onnx.passes.quantize import quantize_weight
 from emomc_onnx.passes.recovery import lsq_rows
 from emomc_onnx.passes.sparsity import magnitude_mask
+from emomc_onnx.search.probes import DEFAULT_SETTINGS, KINDS, one_change_plans
 from emomc_onnx.search.space import CompressionPlan
 
-__all__ = ["DEFAULT_SETTINGS", "KINDS", "SensitivityReport", "SensitivityRow", "measure_sensitivity",
-           "one_change_plans"]
+__all__ = ["SensitivityReport", "SensitivityRow", "measure_sensitivity"]
 
 logger = logging.getLogger(__name__)
-
-KINDS = ("wbits", "abits", "density", "keep")
-DEFAULT_SETTINGS: dict[str, tuple[float, ...]] = {
-    "wbits": (2, 3, 4, 6, 8),
-    "abits": (4, 6, 8),
-    "density": (0.2, 0.4, 0.6, 0.8),
-    "keep": (0.25, 0.5, 0.75),
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class SensitivityRow:
@@ -122,30 +112,6 @@ def _fmt(v: float) -> str:
 
 def _plans(evaluator, space, settings: dict[str, Sequence[float]]) -> list[tuple[str, str, float, CompressionPlan]]:
     return one_change_plans(space, settings)
-
-
-def one_change_plans(space, settings: Mapping[str, Sequence[float]]) -> list[tuple[str, str, float, CompressionPlan]]:
-    """``(target, kind, value, plan)`` of every one-change plan of ``settings`` (kind -> values):
-    a layer's weight bits, activation bits or density, or a prunable group's keep ratio, the
-    rest unchanged. The search measures the same plans (same keys) for its predictor."""
-    out = []
-    for lay in space.layers:
-        for b in settings.get("wbits", ()):
-            out.append((lay.name, "wbits", b, CompressionPlan(keep={}, density={}, wbits={lay.name: int(b)}, abits={})))
-        for b in settings.get("abits", ()):
-            out.append((lay.name, "abits", b, CompressionPlan(keep={}, density={}, wbits={}, abits={lay.name: int(b)})))
-        for d in settings.get("density", ()):
-            out.append((lay.name, "density", d, CompressionPlan(keep={}, density={lay.name: float(d)}, wbits={},
-                                                                abits={})))
-    for g in space.groups:
-        if len(g.choices) < 2:
-            continue
-        for k in settings.get("keep", ()):
-            kept = round_keep(g.channels, float(k), g.multiple)
-            if kept < g.channels:
-                out.append((f"group {g.id}", "keep", k, CompressionPlan(keep={g.id: kept}, density={}, wbits={},
-                                                                        abits={})))
-    return out
 
 
 def _rel_err(x: np.ndarray, w: np.ndarray, w2: np.ndarray | None = None, x2: np.ndarray | None = None) -> float:

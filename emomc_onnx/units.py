@@ -1,11 +1,12 @@
-"""Parsing user quantities: sizes with units (``200KiB``) and bounded ``--input-shape`` specs."""
+"""Quantities: sizes with units (``200KiB``), bounded ``--input-shape`` specs, and channel counts
+rounded to a hardware channel multiple (the one rule the pruning pass and the search space share)."""
 
 from __future__ import annotations
 
 import math
 import re
 
-__all__ = ["MAX_DIM", "MAX_ELEMENTS", "SIZE_UNITS", "check_input_shape", "parse_size_bits"]
+__all__ = ["MAX_DIM", "MAX_ELEMENTS", "SIZE_UNITS", "check_input_shape", "parse_size_bits", "round_keep"]
 
 MAX_DIM = 1 << 20
 """Largest accepted dimension of ``--input-shape`` (a million: beyond any real input)."""
@@ -58,3 +59,15 @@ def check_input_shape(spec: str) -> None:
         raise ValueError(f"{spec!r}: dimension {big[0]} is larger than {MAX_DIM}")
     if math.prod(shape) > MAX_ELEMENTS:
         raise ValueError(f"{spec!r}: {math.prod(shape)} elements, more than {MAX_ELEMENTS}")
+
+
+def round_keep(channels: int, keep_fraction: float, multiple: int) -> int:
+    """Channels kept for a fraction, rounded to the channel multiple, never below one multiple.
+
+    Groups smaller than the multiple round to whole channels (at least 1).
+    """
+    want = channels * keep_fraction
+    if channels <= multiple:
+        return int(min(channels, max(1, round(want))))
+    k = int(round(want / multiple)) * multiple
+    return int(min(channels, max(multiple, k)))

@@ -14,6 +14,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -57,6 +59,14 @@ class EvaluatorConfig:
 
     def __call__(self) -> OnnxEvaluator:
         return OnnxEvaluator(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> EvaluatorConfig:
+        """The config a front.json ``evaluator`` entry records (its other keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in record.items() if k in names}
+        kw["input_shapes"] = tuple((k, tuple(v)) for k, v in kw.get("input_shapes", ()))
+        return cls(**kw)
 
 
 class OnnxEvaluator:

@@ -39,6 +39,7 @@ __all__ = [
     "canonical_bytes",
     "check_front_owner",
     "export_front",
+    "front_csv",
     "run_metadata",
 ]
 
@@ -242,7 +243,7 @@ def export_front(
     }
     atomic_write_bytes(out / FRONT_JSON,
                        json.dumps(to_jsonable(meta), indent=2).encode())
-    atomic_write_bytes(out / FRONT_CSV, _csv(entries).encode())
+    atomic_write_bytes(out / FRONT_CSV, front_csv(entries).encode())
     if plots:
         # matplotlib loads only to draw: `select` reads fronts through this module
         from emomc_onnx.export.plots import plot_convergence, plot_pareto
@@ -365,7 +366,7 @@ def _evaluator_record(evaluator: Evaluator) -> dict[str, Any] | None:
     return rec
 
 
-def _csv(entries: list[FrontEntry]) -> str:
+def front_csv(entries: list[FrontEntry]) -> str:
     scalar = ["rank", "file", "key", "accuracy", "accuracy_ci95_lo", "accuracy_ci95_hi", "diff",
               "diff_ci95_lo", "diff_ci95_hi", "p_value", "metric_search", "metric_test", "diff_search",
               "gap_flag", "within_max_drop", "n_search", "n_test", "error",

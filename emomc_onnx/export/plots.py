@@ -20,12 +20,13 @@ from emomc_onnx.search.store import HVRecord
 if TYPE_CHECKING:
     from emomc_onnx.export.front import FrontEntry
 
-__all__ = ["plot_convergence", "plot_pareto"]
+__all__ = ["plot_convergence", "plot_pareto", "save_png"]
 
 logger = logging.getLogger(__name__)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_png(fig: plt.Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -79,7 +80,7 @@ def plot_pareto(
     _zoom(fig.add_subplot(grid[1, :]), entries, baseline, extra_points or {},
           0.5 if window_points is None else float(window_points))
     fig.suptitle(f"Pareto front ({len(entries)} members), test-split figures")
-    _save(fig, Path(path))
+    save_png(fig, Path(path))
 
 
 def _zoom(ax, entries, baseline: Evaluation, extra_points: Mapping[str, Evaluation], window: float) -> None:
@@ -130,4 +131,4 @@ def plot_convergence(history: Sequence[HVRecord], path: str | Path) -> None:
     ax.set_ylabel("hypervolume (normalised objectives, ref 1.1)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, Path(path))
+    save_png(fig, Path(path))

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import PowerNorm
 
 from emomc_onnx.paths import atomic_write_bytes
-from emomc_onnx.sensitivity import KINDS, SensitivityReport
+from emomc_onnx.search.probes import KINDS
+from emomc_onnx.sensitivity import SensitivityReport
 
 __all__ = ["SENSITIVITY_JSON", "SENSITIVITY_PNG", "render_sensitivity", "write_sensitivity"]
 

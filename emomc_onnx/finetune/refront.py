@@ -19,13 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
+from emomc_onnx.candidate import EvaluatorConfig
 from emomc_onnx.errors import EmomcError
-from emomc_onnx.export.front import FRONT_CSV, FRONT_JSON, FrontEntry, _csv
+from emomc_onnx.evaluate.stats import drop_gap
+from emomc_onnx.export.front import FRONT_CSV, FRONT_JSON, FrontEntry, front_csv
 from emomc_onnx.paths import atomic_write_bytes, locked
 from emomc_onnx.search.evaluator import Evaluation, to_jsonable
 from emomc_onnx.search.hypervolume import non_dominated
+from emomc_onnx.search.problem import Objectives
 
 __all__ = ["SEARCH_FRONT", "merge_front"]
 
@@ -78,13 +82,7 @@ def merge_front(outdir: str | Path, *, progress: Callable[[str], None] | None = 
 
 
 def _merge(out: Path, meta: dict[str, Any], progress, plot: bool) -> dict[str, Any]:
-    import numpy as np
-
-    from emomc_onnx.evaluate.stats import drop_gap
-    from emomc_onnx.finetune.run import _evaluator_config
-    from emomc_onnx.search.problem import Objectives
-
-    evaluator = _evaluator_config(meta["evaluator"])()
+    evaluator = EvaluatorConfig.from_record(meta["evaluator"])()
     base_test = evaluator.baseline()
     base_search = Evaluation.from_dict(meta["baseline"]["search"])
     cfg = meta.get("config") or {}
@@ -121,8 +119,9 @@ def _merge(out: Path, meta: dict[str, Any], progress, plot: bool) -> dict[str, A
                         "fine-tuned versions, all re-measured with evaluate_model; figures on the test split"),
             }}
     atomic_write_bytes(out / FRONT_JSON, json.dumps(to_jsonable(meta), indent=2).encode())
-    atomic_write_bytes(out / FRONT_CSV, _csv(entries).encode())
+    atomic_write_bytes(out / FRONT_CSV, front_csv(entries).encode())
     if plot:
+        # matplotlib loads only to draw (plot=False in tests and benchmarks)
         from emomc_onnx.export.plots import plot_pareto
 
         plot_pareto(entries, base_test, out / "pareto.png", window_points=limit)

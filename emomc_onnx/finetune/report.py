@@ -30,12 +30,13 @@ def before_after_table(summary: Mapping[str, Any]) -> Table:
 
 def plot_before_after(summary: Mapping[str, Any], path: str | Path) -> None:
     """Metric against energy and size factor, each member's move drawn as an arrow."""
+    # matplotlib loads only to draw: the CLI imports this module for its table
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emomc_onnx.export.plots import _save
+    from emomc_onnx.export.plots import save_png
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, label in ((axes[0], "energy_factor", "energy reduction (x)"),
@@ -56,7 +57,7 @@ def plot_before_after(summary: Mapping[str, Any], path: str | Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("front before vs after fine-tuning")
-    _save(fig, Path(path))
+    save_png(fig, Path(path))
 
 
 class FinetuneProgress:

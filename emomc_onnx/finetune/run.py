@@ -23,10 +23,15 @@ import numpy as np
 import onnx
 
 from emomc_onnx import io
+from emomc_onnx.candidate import EvaluatorConfig
 from emomc_onnx.errors import DataError, EmomcError
+from emomc_onnx.evaluate.data import input_specs, load_data
+from emomc_onnx.evaluate.metrics import resolve_metric
+from emomc_onnx.evaluate.session import make_session, run_batched
 from emomc_onnx.export.front import FRONT_JSON
 from emomc_onnx.finetune.member import read_member
 from emomc_onnx.finetune.overlap import check_no_overlap
+from emomc_onnx.finetune.report import plot_before_after
 from emomc_onnx.finetune.train import FinetuneConfig, TrainEvent, train_member
 from emomc_onnx.paths import atomic_write_bytes, locked
 
@@ -53,18 +58,7 @@ def _read_front(outdir: Path) -> dict[str, Any]:
     return meta
 
 
-def _evaluator_config(record: dict[str, Any]):
-    from emomc_onnx.candidate import EvaluatorConfig
-
-    names = {f.name for f in dataclasses.fields(EvaluatorConfig)}
-    kw = {k: v for k, v in record.items() if k in names}
-    kw["input_shapes"] = tuple((k, tuple(v)) for k, v in kw.get("input_shapes", ()))
-    return EvaluatorConfig(**kw)
-
-
 def _teacher(original: onnx.ModelProto, train, cache: Path) -> list[np.ndarray]:
-    from emomc_onnx.evaluate.session import make_session, run_batched
-
     h = hashlib.sha256(io.model_sha256(original).encode())
     for k in sorted(train.arrays):
         h.update(k.encode())
@@ -114,9 +108,6 @@ def finetune_front(
 
 def _finetune(out: Path, meta: dict[str, Any], data, members, config: FinetuneConfig, progress,
               plot: bool) -> dict[str, Any]:
-    from emomc_onnx.evaluate.data import input_specs, load_data
-    from emomc_onnx.evaluate.metrics import resolve_metric
-
     record = meta["evaluator"]
     entries = meta.get("members") or []
     by_rank = {int(m["rank"]): str(m["file"]) for m in entries}  # the member's ONNX file
@@ -127,7 +118,7 @@ def _finetune(out: Path, meta: dict[str, Any], data, members, config: FinetuneCo
                          f"0..{len(entries) - 1}")
     if not ranks:
         raise EmomcError(f"the front of {out} has no members to fine-tune")
-    ecfg = _evaluator_config(record)
+    ecfg = EvaluatorConfig.from_record(record)
     loaded = io.load_model(ecfg.model, dict(ecfg.input_shapes) or None)
     original = loaded.proto()
     train = load_data(data)
@@ -187,8 +178,6 @@ def _finetune(out: Path, meta: dict[str, Any], data, members, config: FinetuneCo
     summary["members"] = [merged[r] for r in sorted(merged)]
     atomic_write_bytes(out / FINETUNE_JSON, json.dumps(summary, indent=2, default=float).encode())
     if plot:
-        from emomc_onnx.finetune.report import plot_before_after
-
         plot_before_after(summary, out / "finetune.png")
     return summary
 

@@ -22,6 +22,7 @@ from emomc_onnx.analysis.ops import op_spec
 from emomc_onnx.errors import PlanError
 from emomc_onnx.io import infer_shapes
 from emomc_onnx.passes.ir_utils import add_initializer
+from emomc_onnx.units import round_keep
 
 __all__ = [
     "PruningPlan",
@@ -52,18 +53,6 @@ class PruningPlan:
 
     def key(self) -> str:
         return ",".join(f"{g}:{k}" for g, k in sorted(self.keep.items())) + f"|{self.criterion}"
-
-
-def round_keep(channels: int, keep_fraction: float, multiple: int) -> int:
-    """Channels kept for a fraction, rounded to the channel multiple, never below one multiple.
-
-    Groups smaller than the multiple round to whole channels (at least 1).
-    """
-    want = channels * keep_fraction
-    if channels <= multiple:
-        return int(min(channels, max(1, round(want))))
-    k = int(round(want / multiple)) * multiple
-    return int(min(channels, max(multiple, k)))
 
 
 def uniform_plan(analysis: Analysis, ratio: float, multiple: int = 8, criterion: str = "l1") -> PruningPlan:

@@ -17,6 +17,7 @@ matrix (the zero pattern is kept, so density is unchanged).
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -197,8 +198,6 @@ def lsq_rows(model: ir.Model, layers: list[Layer], original: onnx.ModelProto,
     layer's positions come from its own generator (``seed`` and the layer's name), so the same
     layer is sampled at the same positions whichever other layers are collected with it.
     """
-    import zlib
-
     nodes = {n.name: n for n in model.graph}
     targets = _lsq_targets(model, layers, names)
     rngs = {layer.name: np.random.default_rng([seed, zlib.crc32(layer.name.encode())]) for layer in targets}

@@ -230,7 +230,7 @@ def parse_cluster(spec: str) -> tuple[str, int | None]:
 
 
 def _import_distributed():
-    try:
+    try:  # the optional [dask] extra
         import distributed
     except ImportError:
         raise EmomcError(f"--cluster needs Dask's distributed, which is not installed: {DASK_HINT}") from None
@@ -243,6 +243,7 @@ class DaskBackend:
     def __init__(self, spec: str, factory: Callable[[], Any], *, connect_timeout_s: float = 10.0) -> None:
         address, n_local = parse_cluster(spec)
         _import_distributed()
+        # distributed is the optional [dask] extra (dask_plugin imports it): loaded for --cluster only
         from distributed import Client, LocalCluster
 
         from emomc_onnx.search.dask_plugin import EvaluatorPlugin, file_fields
@@ -280,7 +281,7 @@ class DaskBackend:
 
     def worker_pids(self) -> dict[str, int]:
         """Worker address -> process id (for tests that kill one)."""
-        from emomc_onnx.search.dask_plugin import worker_pid
+        from emomc_onnx.search.dask_plugin import worker_pid  # [dask] extra, see __init__
 
         return self.client.run(worker_pid)
 
@@ -334,14 +335,14 @@ class _DaskStream:
     """Candidates as tasks (retried on a lost worker), results through ``as_completed``."""
 
     def __init__(self, backend: DaskBackend, fn: Callable) -> None:
-        from distributed import as_completed
+        from distributed import as_completed  # [dask] extra, see DaskBackend
 
         self.backend, self.fn = backend, fn
         self.futures: dict[Any, Any] = {}
         self.done = as_completed(loop=backend.client.loop)
 
     def submit(self, tag: Any, plan: Any, *args: Any) -> None:
-        from emomc_onnx.search.dask_plugin import evaluate_on_worker
+        from emomc_onnx.search.dask_plugin import evaluate_on_worker  # [dask] extra
 
         b = self.backend
         fut = b.client.submit(evaluate_on_worker, b.name, self.fn, plan, *args, pure=False, retries=RETRIES,

@@ -45,10 +45,12 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.problems.static import StaticProblem
 
 from emomc_onnx.errors import PlanError
+from emomc_onnx.evaluate.stats import drop_gap
 from emomc_onnx.search.evaluator import Evaluation, EvaluatorFactory
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import hypervolume, non_dominated
-from emomc_onnx.search.predictor import Predictor, Prior, kendall_tau, probe_settings
+from emomc_onnx.search.predictor import Predictor, Prior, kendall_tau
+from emomc_onnx.search.probes import one_change_plans, probe_settings
 from emomc_onnx.search.problem import OBJECTIVES, Objectives, make_problem
 from emomc_onnx.search.records import Candidate, RaceGate, RunRecords
 from emomc_onnx.search.screening import Screening, best_predicted
@@ -320,8 +322,6 @@ class _Run:
         """Measure every gene alone (the sensitivity table's one-change plans) and build the
         predictor on them; skipped when they would take more than a third of the evaluation
         budget, or (at ``base_s`` seconds each, the unmodified model's) of the time budget."""
-        from emomc_onnx.sensitivity import one_change_plans
-
         rows = one_change_plans(self.space, probe_settings(self.space))
         why = None
         if eval_budget is not None and 3 * len(rows) > eval_budget:
@@ -472,8 +472,6 @@ class _Run:
 
     def final_front(self) -> list[FrontMember]:
         """The non-dominated set on the search split, each member then measured on the test split."""
-        from emomc_onnx.evaluate.stats import drop_gap
-
         feas = [c for c in self.records.searched() if c.feasible and not c.raced_out]
         if not feas:
             return []

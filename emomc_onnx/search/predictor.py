@@ -2,7 +2,7 @@
 
 Prior: for every gene (:meth:`SearchSpace.genes`: a group's keep, a layer's density, weight
 and activation bits) the change of each objective when only that gene moves, the rest of the
-model unchanged. These are the one-change plans of :mod:`emomc_onnx.sensitivity`, measured with
+model unchanged. These are the one-change plans of :mod:`emomc_onnx.search.probes` (what :mod:`emomc_onnx.sensitivity` measures), measured with
 the search's own evaluator and store (a ``sensitivity`` run's measurements are reused, and the
 search's are kept), and interpolated linearly between the probed values; the unchanged value
 (keep or density 1, the reference bits) changes nothing. The prior prediction of a candidate is
@@ -27,27 +27,18 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from scipy.stats import kendalltau
 
 from emomc_onnx.search.space import FLOAT_BITS, CompressionPlan, SearchSpace
+from emomc_onnx.units import round_keep
 
-__all__ = ["Predictor", "Prior", "from_model_scale", "kendall_tau", "probe_settings", "to_model_scale"]
+__all__ = ["Predictor", "Prior", "from_model_scale", "kendall_tau", "to_model_scale"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_ERROR = 0.999  # error is clipped below 1 before the log transform
 _ALPHAS = np.logspace(-3, 3, 13)
 _MIN_FIT = 8  # measured candidates before the ridge correction is used (the prior alone before)
-
-
-def probe_settings(space: SearchSpace) -> dict[str, tuple[float, ...]]:
-    """The sensitivity command's default settings that are choices of ``space``: the search
-    probes what ``sensitivity`` measures by default, so either reuses the other's results."""
-    from emomc_onnx.sensitivity import DEFAULT_SETTINGS
-
-    kinds = {kind for kind, _ in space.genes()}
-    allowed = {"wbits": space.wbits, "abits": space.abits, "density": space.densities}
-    return {kind: tuple(v for v in values if kind in kinds and (kind == "keep" or v in allowed[kind]))
-            for kind, values in DEFAULT_SETTINGS.items()}
 
 
 def to_model_scale(name: str, values: np.ndarray | float) -> np.ndarray:
@@ -99,8 +90,6 @@ class Prior:
 
         ``value`` is the setting as the sensitivity table gives it: a keep *ratio* is turned
         into the fraction of channels the plan keeps (the choice the group rounds it to)."""
-        from emomc_onnx.passes.channel_pruning import round_keep  # how the sensitivity table rounds a ratio
-
         names = tuple(names)
         base_z = _to_model(names, np.asarray(base, dtype=float))
         groups = {f"group {g.id}": g for g in space.groups}
@@ -217,8 +206,6 @@ class Predictor:
 
 def kendall_tau(predicted: Sequence[float], measured: Sequence[float]) -> float | None:
     """Kendall's tau-b of two rankings (None with fewer than 3 pairs or no variation)."""
-    from scipy.stats import kendalltau
-
     p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     if len(p) < 3 or np.ptp(p) == 0 or np.ptp(m) == 0:
         return None

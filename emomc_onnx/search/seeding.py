@@ -17,10 +17,12 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import lil_matrix
 
 from emomc_onnx.search.genome import GenomeCodec
 from emomc_onnx.search.hypervolume import non_dominated
-from emomc_onnx.search.predictor import Predictor
+from emomc_onnx.search.predictor import Predictor, to_model_scale
 from emomc_onnx.search.records import Candidate
 
 __all__ = ["STAGE2_SEED_POPULATIONS", "dedupe", "initial_stage1", "initial_stage2", "milp_seeds", "uniform_genomes"]
@@ -185,11 +187,6 @@ def milp_seeds(codec: GenomeCodec, predictor: Predictor, error_levels: Sequence[
     error staying at or below each level (HAWQ-V3's budgeted assignment): one integer program
     per (cost, level) over a one-hot choice per genome gene (the predictor is additive over genes),
     solved with scipy's ``milp``. Infeasible levels give nothing; duplicates are dropped."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_matrix
-
-    from emomc_onnx.search.predictor import to_model_scale
-
     names = list(predictor.prior.names)
     costs = [k for k, n in enumerate(names) if n != "error"]
     if "error" not in names or not costs:

@@ -437,8 +437,8 @@ def test_cli_compress_finetune_rebuilds_the_front_on_the_search_split(tmp_path: 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from train_demo import load_mnist
 
+    from emomc_onnx.candidate import EvaluatorConfig
     from emomc_onnx.cli import main
-    from emomc_onnx.finetune.run import _evaluator_config
     from emomc_onnx.search.hypervolume import non_dominated
 
     xt, yt, _, _ = load_mnist()
@@ -455,7 +455,7 @@ def test_cli_compress_finetune_rebuilds_the_front_on_the_search_split(tmp_path: 
     tuned = json.loads((out / "finetune.json").read_text())["members"]
     assert sorted(t["source"] for t in tuned) == sorted(m["file"] for m in search_front)  # every member tuned
     files = [m["file"] for m in search_front] + [t["file"] for t in tuned]
-    ev = _evaluator_config(meta["evaluator"])()
+    ev = EvaluatorConfig.from_record(meta["evaluator"])()
     figs = {f: ev.evaluate_model(onnx.load(str(out / f)), "search") for f in files}
     F = np.array([[1 - e.metric, e.energy, e.size_bits] for e in figs.values()])
     nd = {files[i] for i in non_dominated(F)}

@@ -12,12 +12,12 @@ import pytest
 
 from emomc_onnx.search.driver import SearchConfig, run_search
 from emomc_onnx.search.genome import GenomeCodec
-from emomc_onnx.search.predictor import Predictor, Prior, kendall_tau, probe_settings, to_model_scale
+from emomc_onnx.search.predictor import Predictor, Prior, kendall_tau, to_model_scale
+from emomc_onnx.search.probes import one_change_plans, probe_settings
 from emomc_onnx.search.screening import Screening
 from emomc_onnx.search.seeding import milp_seeds
 from emomc_onnx.search.space import CompressionPlan, GroupGene, LayerGene, SearchSpace
 from emomc_onnx.search.store import ResultStore
-from emomc_onnx.sensitivity import one_change_plans
 from tests.search.toy import ToyEvaluator, ToyEvaluatorFactory, toy_space
 
 TOY = ToyEvaluatorFactory(n_layers=5)
