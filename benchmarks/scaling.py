@@ -50,12 +50,19 @@ OUT = _common.RESULTS / "scaling.json"
 
 
 # ---- a hand-started cluster (the README's commands) -----------------------------------------
-@contextlib.contextmanager
-def hand_cluster(workers: int) -> Iterator[str]:
-    """``dask scheduler`` and ``workers`` x ``dask worker --nthreads 1`` as subprocesses on loopback."""
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def hand_cluster(workers: int, port: int | None = None) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """``dask scheduler`` and ``workers`` x ``dask worker --nthreads 1`` as subprocesses on loopback
+    (as the README starts them), on ``port`` or a free one; yields (address, [scheduler, workers...])
+    and stops them all at the end (terminate, then kill what did not stop in 20 s)."""
+    port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_common.ROOT), os.environ.get("PYTHONPATH", "")])}
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
@@ -70,15 +77,17 @@ def hand_cluster(workers: int) -> Iterator[str]:
 
         with Client(address, timeout=60, set_as_default=False) as c:
             c.wait_for_workers(workers, timeout=120)
-        yield address
+        yield address, procs
     finally:
         for p in reversed(procs):
-            p.terminate()
+            if p.poll() is None:
+                p.terminate()
         for p in procs:
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
 
 
 @contextlib.contextmanager
@@ -89,7 +98,7 @@ def _where(kind: str, workers: int) -> Iterator[dict]:
     elif kind == "dask-local":
         yield {"cluster": f"local:{workers}"}
     else:
-        with hand_cluster(workers) as address:
+        with hand_cluster(workers) as (address, _):
             yield {"cluster": address}
 
 

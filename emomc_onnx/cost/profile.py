@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from emomc_onnx.cost.coding import SCHEMES
 from emomc_onnx.cost.dataflows import available_dataflows
 from emomc_onnx.errors import ProfileError
 
@@ -39,18 +40,7 @@ logger = logging.getLogger(__name__)
 DATA_TYPES = ("weights", "inputs", "outputs")
 LEVEL_KINDS = ("offchip", "buffer", "network", "rf")
 MAC_SCALINGS = ("product", "linear", "weight_plus_one")
-_CODINGS = (
-    "normal",
-    "csr",
-    "coo",
-    "dense",
-    "relative_index",
-    "bitmask",
-    "run_length",
-    "huffman",
-    "deep_compression",
-    "auto",
-)
+_CODINGS = (*SCHEMES, "auto")  # what a profile's codings may name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,41 +17,11 @@ import pytest
 pytest.importorskip("distributed")
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from scaling import free_port, hand_cluster  # noqa: E402 - the benchmark's hand-started cluster
+
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
        "OMP_NUM_THREADS": "1"}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_cluster(port: int) -> list[subprocess.Popen]:
-    """``dask scheduler`` and one ``dask worker``, as the README starts them."""
-    addr = f"tcp://127.0.0.1:{port}"
-    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                              "--port", str(port), "--no-dashboard"], env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nthreads", "1",
-                               "--no-dashboard"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from distributed import Client
-
-    with Client(addr, timeout=60, set_as_default=False) as c:
-        c.wait_for_workers(1, timeout=120)
-    return [sched, worker]
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def _rows(db: Path) -> dict[str, tuple]:
@@ -70,14 +39,13 @@ def _rows(db: Path) -> dict[str, tuple]:
 
 @pytest.mark.slow
 def test_scheduler_killed_mid_run_stops_cleanly_and_resumes(tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from emomc_onnx.cli import main; main()", "compress", "--demo", "-o", str(out),
            "--cluster", f"tcp://127.0.0.1:{port}", "--population", "4", "--generations", "4",
            "--eval-samples", "300", "--max-evaluations", "10", "--seed", "1"]
     db = out / "results.sqlite"
-    procs = _start_cluster(port)
-    try:
+    with hand_cluster(1, port) as (_, procs):
         run = subprocess.Popen(cmd, env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and run.poll() is None and len(_rows(db)) < 3:
@@ -85,8 +53,6 @@ def test_scheduler_killed_mid_run_stops_cleanly_and_resumes(tmp_path: Path) -> N
         assert run.poll() is None, run.communicate()
         procs[0].send_signal(signal.SIGKILL)  # the scheduler goes away, without a goodbye
         stdout, stderr = run.communicate(timeout=180)
-    finally:
-        _stop(procs)
     assert run.returncode == 2, (stdout, stderr)
     assert "Traceback" not in stderr + stdout
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -94,11 +60,8 @@ def test_scheduler_killed_mid_run_stops_cleanly_and_resumes(tmp_path: Path) -> N
     before = _rows(db)
     assert len(before) >= 3
 
-    procs = _start_cluster(port)  # the same command, once the cluster is back
-    try:
+    with hand_cluster(1, port):  # the same command, once the cluster is back
         again = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
-    finally:
-        _stop(procs)
     assert again.returncode == 0, again.stderr
     after = _rows(db)
     assert all(after[k] == v for k, v in before.items())  # nothing finished was evaluated again
