@@ -15,7 +15,7 @@ labels only with QAT.
 
     pip install '.[bench,finetune]'
     python benchmarks/finetune.py --epochs 2 --members 0,2,4                   # demo
-    python benchmarks/finetune.py --model vgg16 --max-search-drop 3 --time-budget 1800
+    python benchmarks/finetune.py --model vgg16 --max-search-drop 3 --min-energy-x 10 --time-budget 1800
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--members", default=None, help="front ranks (default: all, or --max-search-drop)")
     ap.add_argument("--max-search-drop", type=float, default=None,
                     help="fine-tune the members at most this many points below float on the search split")
+    ap.add_argument("--min-energy-x", type=float, default=None,
+                    help="with --max-search-drop: only members at least this energy factor (a cost, not a split figure)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--time-budget", type=float, default=None, help="fine-tuning seconds, all members")
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -171,7 +173,8 @@ def main() -> None:
         ranks = [int(r) for r in args.members.split(",")]
     elif args.max_search_drop is not None:
         base_s = meta["baseline"]["search"]["metric"]
-        ranks = [m["rank"] for m in search_front if m["metric_search"] >= base_s - args.max_search_drop / 100]
+        ranks = [m["rank"] for m in search_front if m["metric_search"] >= base_s - args.max_search_drop / 100
+                 and m["energy_factor"] >= (args.min_energy_x or 0)]
     else:
         ranks = None
     if "search_front" in meta:  # an earlier merge: fine-tune the search's members (by rank) again
