@@ -8,6 +8,7 @@ split the search figure, and the two splits share no sample.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -108,7 +109,13 @@ def test_select_picks_or_exits_1(run_dir, tmp_path) -> None:
 def test_resume_reevaluates_nothing(run_dir) -> None:
     result = CliRunner().invoke(main, ["compress", "--demo", "-o", str(run_dir), *ARGS])
     assert result.exit_code == 0, result.output
-    assert "0 evaluated" in result.output
+    text = " ".join(result.output.split())  # the summary may wrap
+    searched = re.search(r"(\d+) candidates searched \((\d+) evaluated now, (\d+) read from results\.sqlite\)", text)
+    assert searched, text
+    total, fresh, read = map(int, searched.groups())
+    assert fresh == 0 and read == total > 0, text  # "10 evaluated now" used to pass as "0 evaluated"
+    measured = re.search(r"front candidates measured on the test split \((\d+) now, (\d+) read\)", text)
+    assert measured and int(measured.group(1)) == 0 and int(measured.group(2)) > 0, text
 
 
 def test_prune_quantize_profile_commands_on_demo(tmp_path) -> None:

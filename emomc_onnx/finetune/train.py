@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +33,7 @@ from emomc_onnx.finetune.convert import OnnxModule
 from emomc_onnx.finetune.member import Member, export_member
 from emomc_onnx.finetune.qat import ActLSQ, BiasQuant, WeightLSQ
 from emomc_onnx.io import declared_dims
+from emomc_onnx.paths import atomic_write_bytes
 
 __all__ = ["FinetuneConfig", "Student", "TrainEvent", "train_member"]
 
@@ -194,10 +195,9 @@ def _fixed_batch(proto: onnx.ModelProto) -> int | None:
 
 
 def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def train_member(
