@@ -318,16 +318,22 @@ class _Run:
         self.rng_screen = np.random.default_rng(np.random.SeedSequence(seed).generate_state(3)[2])
 
     # -- the predictor --
-    def probe(self, eval_budget: int | None, time_budget_s: float | None, base_s: float) -> None:
+    def probe(self, eval_budget: int | None, time_budget_s: float | None, base_s: float,
+              generation_evals: int | None = None) -> None:
         """Measure every gene alone (the sensitivity table's one-change plans) and build the
         predictor on them; skipped when they would take more than a third of the evaluation
-        budget, or (at ``base_s`` seconds each, the unmodified model's) of the time budget."""
+        budget, or (at ``base_s`` seconds each, the unmodified model's) of the time budget, or
+        when they would outnumber ``generation_evals``, the evaluations the generations make
+        (a model of many layers searched with a few generations: hundreds of probes before 16
+        candidates)."""
         rows = one_change_plans(self.space, probe_settings(self.space))
         why = None
         if eval_budget is not None and 3 * len(rows) > eval_budget:
             why = f"more than a third of {eval_budget} evaluations"
         elif time_budget_s is not None and 3 * len(rows) * base_s / self.config.workers > time_budget_s:
             why = f"more than a third of the {time_budget_s:g} s budget"
+        elif generation_evals is not None and len(rows) > generation_evals:
+            why = f"more evaluations than the {generation_evals} the generations make"
         if why is not None:
             logger.warning("%d sensitivity probes would take %s: the search runs without its predictor",
                            len(rows), why)
@@ -556,7 +562,10 @@ def run_search(
 
         try:
             if config.probes:
-                run.probe(config.max_evaluations, config.time_budget_s, base_s.seconds)
+                # the evaluations the generations make: two stages of the initial population and
+                # `generations` offspring populations each
+                run.probe(config.max_evaluations, config.time_budget_s, base_s.seconds,
+                          2 * config.population * (config.generations + 1))
             budget1 = None
             if config.max_evaluations is not None:
                 budget1 = max(1, int((config.max_evaluations - run.n_probes) * config.stage1_share))

@@ -205,3 +205,20 @@ def test_probes_count_in_the_evaluation_budget(tmp_path: Path, budget: int) -> N
         assert r.n_probes == 0 and r.n_evaluations == budget
     else:
         assert r.n_probes == n and r.n_evaluations + r.n_probes == budget
+
+
+@pytest.mark.parametrize("population,generations", [(4, 1), (12, 3)])
+def test_probes_skipped_when_they_outnumber_what_the_generations_make(tmp_path: Path, population: int,
+                                                                      generations: int, caplog) -> None:
+    """Without --max-evaluations: a model of many genes searched with a few generations (the
+    corpus's one-generation run of 4 on a 100-layer detector) ran hundreds of probes before
+    its 16 candidates (it timed out); the probes now run only if the generations evaluate more."""
+    cfg = SearchConfig(population=population, generations=generations)
+    with ResultStore.in_dir(tmp_path) as store:
+        r = run_search(toy_space(TOY), TOY, cfg, store, seed=1)
+    n = len(one_change_plans(r.space, probe_settings(r.space)))
+    made = 2 * population * (generations + 1)
+    if n > made:
+        assert r.n_probes == 0 and "the search runs without its predictor" in caplog.text
+    else:
+        assert r.n_probes == n
