@@ -381,6 +381,8 @@ def finetune(
         raise EmomcError(f"--time-budget {time_budget_s}: must be > 0")
     if epochs is None and time_budget_s is None:
         epochs = FinetuneConfig.epochs
+    if settings.get("batch_size", 1) < 1:
+        raise EmomcError(f"--batch-size {settings['batch_size']}: must be >= 1")
     config = FinetuneConfig(epochs=epochs, time_budget_s=time_budget_s, **settings)
     return finetune_front(outdir, data, members=members, config=config, progress=progress)
 

@@ -569,13 +569,15 @@ def select(outdir, max_energy, max_size, min_accuracy, prefer, output) -> None:
 @click.option("--epochs", type=int, default=None, help="Epochs per member (default 3 without --time-budget).")
 @click.option("--time-budget", type=float, default=None, help="Seconds for all members together.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Training samples per step; memory grows with it (lower it for large inputs).")
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--no-distill", is_flag=True, help="Labels only (no teacher).")
 @click.option("--no-qat", is_flag=True, help="Keep the member's quantizer steps (do not learn them).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Held-out split, shuffling, torch.")
 @_handle_errors
-def finetune(outdir, data, members, all_members, epochs, time_budget, lr, temperature, no_distill, no_qat,
-             seed) -> None:
+def finetune(outdir, data, members, all_members, epochs, time_budget, lr, batch_size, temperature, no_distill,
+             no_qat, seed) -> None:
     """Fine-tune front members (distillation + QAT).
 
     Each member of OUTDIR's front learns from the original model (teacher outputs, labels
@@ -593,7 +595,7 @@ def finetune(outdir, data, members, all_members, epochs, time_budget, lr, temper
         raise EmomcError(f"--members {members!r}: expected front ranks like 0,3,5") from None
     with FinetuneProgress(console) as bar:
         summary = api.finetune(outdir, data, members=ranks, epochs=epochs, time_budget_s=time_budget,
-                               progress=bar.update, lr=lr, temperature=temperature,
+                               progress=bar.update, lr=lr, batch_size=batch_size, temperature=temperature,
                                distill=not no_distill, qat=not no_qat, seed=seed)
     console.print(before_after_table(summary))
     console.print(f"wrote {outdir}/finetuned/ ({len(summary['members'])} models), finetune.json, finetune.png")

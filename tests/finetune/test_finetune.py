@@ -307,6 +307,24 @@ def test_overlapping_training_file_is_refused(tmp_path: Path) -> None:
     assert not (out / "finetuned").exists()
 
 
+def test_batch_size_option_reaches_training_and_is_checked(tmp_path: Path) -> None:
+    """--batch-size: memory grows with it (ppocr_rec at 64 samples of 48x320 was OOM-killed at 16 GB)."""
+    from emomc_onnx.cli import main
+
+    out, _, _ = _fake_run(tmp_path)
+    (out / "front").mkdir()
+    onnx.save(member()[1], out / "front" / "rank00.onnx")
+    train = tmp_path / "train.npz"
+    np.savez(train, input=inputs(30, seed=99))
+    bad = CliRunner().invoke(main, ["finetune", str(out), "--data", str(train), "--epochs", "1", "--batch-size", "0"])
+    assert bad.exit_code == 2 and bad.output.strip() == "error: --batch-size 0: must be >= 1", bad.output
+    ok = CliRunner().invoke(main, ["finetune", str(out), "--data", str(train), "--epochs", "1", "--members", "0",
+                                   "--batch-size", "8"])
+    assert ok.exit_code == 0, ok.output
+    summary = json.loads((out / "finetune.json").read_text())
+    assert summary["config"]["batch_size"] == 8
+
+
 def test_overlap_check_passes_disjoint_and_refuses_changed_file(tmp_path: Path) -> None:
     out, data, _ = _fake_run(tmp_path)
     record = json.loads((out / "front.json").read_text())["evaluator"]
