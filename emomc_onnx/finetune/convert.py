@@ -179,7 +179,7 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
     "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Abs": torch.abs, "Neg": torch.neg,
     "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
-    "Identity": lambda x: x, "Softplus": F.softplus, "HardSwish": F.hardswish,
+    "Identity": lambda x: x, "Softplus": F.softplus, "HardSwish": F.hardswish, "IsNaN": torch.isnan,
 }
 def _unary(f: Callable[[torch.Tensor], torch.Tensor]) -> Op:
     return lambda a, x: f(x)
@@ -193,7 +193,8 @@ for _name, _fn in _UNARY.items():
     CONVERTERS[_name] = _unary(_fn)
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow,
-    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt,
+    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
 }
 for _name, _fn in _BINARY.items():
     CONVERTERS[_name] = _binary(_fn)
@@ -356,6 +357,27 @@ def _gather(a, x, idx):
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     return torch.index_select(x, axis, idx.reshape(-1)).reshape(
         (*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
+
+
+@_register("GatherElements")
+def _gather_elements(a, x, idx):
+    axis = a.get("axis", 0) % x.dim()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    return torch.gather(x, axis, idx.long())
+
+
+@_register("GatherND")
+def _gather_nd(a, x, idx):
+    b = a.get("batch_dims", 0)
+    idx = idx.long()
+    k = idx.shape[-1]
+    idx = torch.where(idx < 0, idx + torch.tensor(x.shape[b:b + k]), idx)
+    lead = x.shape[:b]
+    xs = x.reshape(-1, *x.shape[b:])  # batch dims flattened
+    ids = idx.reshape(xs.shape[0], -1, k)  # per batch: the index tuples
+    batch = torch.arange(xs.shape[0]).unsqueeze(1).expand(-1, ids.shape[1])
+    picked = xs[(batch, *ids.unbind(-1))]  # [B, n, *rest]
+    return picked.reshape(*lead, *idx.shape[b:-1], *x.shape[b + k:])
 
 
 @_register("Dropout")
