@@ -39,7 +39,8 @@ class CandidateCoster:
         ref_w, ref_a = self.reference_bits()
         bits = {lay.name: (plan.wbits.get(lay.name) or ref_w, plan.abits.get(lay.name) or ref_a)
                 for lay in layers}
-        return cost_model(proto, self.profile, self.dataflow, self.coding, layers=layers, bits=bits)
+        return cost_model(proto, self.profile, self.dataflow, self.coding, layers=layers, bits=bits,
+                          input_shapes=self.input_shapes)
 
     def model_cost(self, proto: onnx.ModelProto):
         """Cost of a model built elsewhere, from its own graph (bits read from its QDQ)."""
