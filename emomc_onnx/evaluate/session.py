@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -182,13 +183,13 @@ def _join(name: str, chunks: list[np.ndarray], counts: list[int], batch: int, sa
     """
     parts, axes = [], set()
     for arr, n in zip(chunks, counts):
-        axis = batch_axis(name, arr.shape, batch)
-        if axis is None:  # batch 1, squeezed away: the whole array is the one sample's
-            arr, axis = (arr[None] if samples_first else arr), 0
-        elif n < batch:
+        axis = batch_axis(name, arr.shape, batch)  # None: batch 1, squeezed away (the array is the sample's)
+        if axis is not None and n < batch:
             arr = np.take(arr, np.arange(n), axis=axis)
         if samples_first:
-            arr, axis = np.moveaxis(arr, axis, 0), 0
+            arr, axis = _to_front(arr, axis), 0
+        elif axis is None:
+            axis = 0
         parts.append(arr)
         axes.add(axis)
     if len(axes) > 1:
@@ -196,7 +197,7 @@ def _join(name: str, chunks: list[np.ndarray], counts: list[int], batch: int, sa
     return np.concatenate(parts, axis=axes.pop())
 
 
-def dynamic_batch_axis(shape: tuple[int, ...], batch: int, declared: list | None = None) -> int:
+def dynamic_batch_axis(shape: tuple[int, ...], batch: int, declared: Sequence | None = None) -> int:
     """The axis of an output that holds the samples of a run fed ``batch`` of them, the model's
     batch axis being dynamic.
 
@@ -213,7 +214,7 @@ def dynamic_batch_axis(shape: tuple[int, ...], batch: int, declared: list | None
     return axes[0]
 
 
-def to_samples_first(outputs: list, batch: int, fixed: bool, declared: list[list | None] | None = None) -> list:
+def to_samples_first(outputs: list, batch: int, fixed: bool, declared: Sequence[Sequence | None] | None = None) -> list:
     """Outputs of one run fed ``batch`` samples (numpy arrays or torch tensors) with their
     samples on axis 0: a static batch axis found by ``batch_axis`` (a squeezed batch-1 output
     gets a new axis 0), a dynamic one by ``dynamic_batch_axis``."""
@@ -224,13 +225,17 @@ def to_samples_first(outputs: list, batch: int, fixed: bool, declared: list[list
             axis = batch_axis(f"#{i}", shape, batch)
         else:
             axis = dynamic_batch_axis(shape, batch, declared[i] if declared and i < len(declared) else None)
-        if axis is None:
-            res.append(out[None])
-        elif axis == 0:
-            res.append(out)
-        else:
-            res.append(out.movedim(axis, 0) if hasattr(out, "movedim") else np.moveaxis(out, axis, 0))
+        res.append(_to_front(out, axis))
     return res
+
+
+def _to_front(out, axis: int | None):
+    """``out`` (numpy array or torch tensor) with ``axis`` moved to 0; None: a new axis 0."""
+    if axis is None:
+        return out[None]
+    if axis == 0:
+        return out
+    return out.movedim(axis, 0) if hasattr(out, "movedim") else np.moveaxis(out, axis, 0)
 
 
 def run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray],

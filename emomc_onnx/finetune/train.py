@@ -257,7 +257,7 @@ def train_member(
     t_all = [torch.from_numpy(np.ascontiguousarray(t, np.float32)) for t in teacher]
     y_all = torch.from_numpy(labels) if labels is not None else None
 
-    declared = [list(declared_dims(o.type.tensor_type)) if o.type.tensor_type.HasField("shape") else None
+    declared = [declared_dims(o.type.tensor_type) if o.type.tensor_type.HasField("shape") else None
                 for o in member.float_proto.graph.output]
 
     def forward(b: np.ndarray) -> list[torch.Tensor]:
